@@ -1,0 +1,195 @@
+"""Experiment configuration: YAML files validated against a schema.
+
+A config is layered: ``base: other.yaml`` names a parent whose values it overrides (deep merge), as OpenGait's
+defaults + experiment files do. Every section forbids unknown keys, so a misspelt key fails at start with the
+file and the key named. Relative paths in ``data`` are resolved against the directory of the file that sets
+them, never against the working directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be read or does not match the schema; the message names the file."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class AugmentConfig(_Strict):
+    """Per-sequence augmentations of the GaitBase CASIA-B recipe (probabilities per sequence)."""
+
+    rotation_prob: float = Field(0.2, ge=0, le=1)
+    max_degrees: float = Field(10.0, ge=0)
+    erasing_prob: float = Field(0.2, ge=0, le=1)
+    flip_prob: float = Field(0.0, ge=0, le=1)
+
+
+class DataConfig(_Strict):
+    """Where the silhouettes are and how batches are drawn."""
+
+    source: Path | None = Field(None, description="OpenGait-format folder or folder of per-subject .tar.xz archives")
+    store: Path = Field(..., description="packed store; built from `source` on first use if missing")
+    partition: str = Field("casia-b", description="built-in partition name or a partition JSON path")
+    train_subjects_limit: int | None = Field(None, ge=2, description="use only the first N training subjects")
+    test_subjects_limit: int | None = Field(None, ge=2, description="use only the first N test subjects")
+    input_size: tuple[int, int] = (64, 44)
+    train_frames: int = Field(30, ge=1)
+    test_max_frames: int = Field(720, ge=1)
+    p: int = Field(8, ge=2, description="subjects per batch")
+    k: int = Field(16, ge=2, description="sequences per subject in a batch")
+    augment: AugmentConfig | None = AugmentConfig()
+    skip_bad: bool = False
+    prefetch: bool = True
+
+
+class ModelConfig(_Strict):
+    name: str = "gaitbase"
+    args: dict[str, Any] = Field(default_factory=dict)
+    head: Literal["bnneck", "none"] = "bnneck"
+
+
+class TripletConfig(_Strict):
+    weight: float = 1.0
+    margin: float = 0.2
+
+
+class CrossEntropyConfig(_Strict):
+    weight: float = 1.0
+    scale: float = 16.0
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+
+
+class LossConfig(_Strict):
+    triplet: TripletConfig | None = TripletConfig()
+    ce: CrossEntropyConfig | None = CrossEntropyConfig()
+
+
+class OptimConfig(_Strict):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    milestones: list[int] = Field(default_factory=lambda: [20000, 40000, 50000])
+    gamma: float = 0.1
+    warmup_iterations: int = Field(0, ge=0)
+
+
+class TrainConfig(_Strict):
+    iterations: int = Field(60000, ge=1)
+    seed: int = 0
+    log_every: int = Field(50, ge=1)
+    save_every: int = Field(1000, ge=1)
+    eval_every: int = Field(0, ge=0, description="0: evaluate only at the end")
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    compile: bool = False
+    channels_last: bool = False
+    threads: int | None = Field(None, ge=1)
+
+
+class EvalConfig(_Strict):
+    protocol: str = "casia-b"
+    metric: Literal["euc", "cos"] = "euc"
+    periodic_subjects_limit: int | None = Field(None, ge=2, description="test subjects used by periodic evaluation")
+
+
+class ExperimentConfig(_Strict):
+    """A full experiment: data, model, losses, optimizer, training loop and evaluation."""
+
+    name: str
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    quant: dict[str, Any] | None = Field(None, description="quantization stages (see qgait quantize)")
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder_name(cls, v: str) -> str:
+        if not v or "/" in v or v.startswith("."):
+            raise ValueError("name must be a plain folder name")
+        return v
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: 'base' chain loops")
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config must be a mapping at the top level")
+    data = raw.get("data")
+    if isinstance(data, dict):  # resolve relative paths against this file's folder
+        for key in ("source", "store"):
+            if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
+                data[key] = str((path.parent / data[key]).resolve())
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    return _deep_merge(_read_yaml(path.parent / base, seen + (path,)), raw)
+
+
+def set_override(cfg: dict, dotted: str) -> None:
+    """Apply one ``key.sub=value`` override (value parsed as YAML) to a raw config dict in place."""
+    if "=" not in dotted:
+        raise ConfigError(f"override {dotted!r} must look like key.sub=value")
+    key, value = dotted.split("=", 1)
+    node = cfg
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {p} is not a section")
+    node[parts[-1]] = yaml.safe_load(value)
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Read, merge and validate a config file.
+
+    Args:
+        path: YAML file.
+        overrides: ``key.sub=value`` strings applied after merging (e.g. ``train.iterations=100``).
+
+    Raises:
+        ConfigError: missing file, invalid YAML, an unknown or misspelt key, or a value of the wrong type; the
+            message names the file and the offending key.
+    """
+    raw = _read_yaml(Path(path))
+    for o in overrides:
+        set_override(raw, o)
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            msg = "unknown key (misspelt?)" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"  {loc}: {msg}")
+        raise ConfigError(f"{path}: invalid config\n" + "\n".join(lines)) from None
+
+
+def dump_config(cfg: ExperimentConfig) -> dict:
+    """The validated config as plain JSON/YAML-serialisable data (paths as strings)."""
+    return cfg.model_dump(mode="json")

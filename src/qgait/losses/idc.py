@@ -1,0 +1,151 @@
+"""IDC: Inter-class Distance-guided Calibration loss (QGait, arXiv 2405.13859; formula per methods.md 1.5).
+
+For each part k of the part embeddings ``E [n, c, p]``::
+
+    D^Q_k(i, j) = || E^Q[i, :, k] - E^Q[j, :, k] ||_2          (D^F_k likewise, no gradient)
+    M(i, j)     = [y_i != y_j]   (pairs="inter";  pairs="all": [i != j])
+    mu_k        = sum(M D_k) / sum(M)                           (normalize=True; "relative" distances)
+    L_IDC       = mean_k  sum_{i,j} M(i,j) l(D^Q_k / mu^Q_k, D^F_k / mu^F_k) / sum M
+
+``l`` is the squared error (or Huber). Ordered pairs are used: each unordered pair counts twice, which leaves the
+loss unchanged. The loss is the mean over parts of the per-part means over the masked pairs.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["idc_loss", "IDCLoss", "pairwise_distances"]
+
+_EPS = 1e-12
+
+
+def pairwise_distances(emb: Tensor) -> Tensor:
+    """Per-part Euclidean distance matrices.
+
+    Args:
+        emb: ``[n, c, p]`` part embeddings.
+
+    Returns:
+        ``[p, n, n]`` distances, exactly 0 on the diagonal and between duplicate embeddings.
+
+    Uses ``torch.cdist`` without the matrix-product shortcut (exact differences, no cancellation; no
+    ``[p, n, n, c]`` intermediate); its gradient is 0, not NaN, where a distance is 0.
+    """
+    x = emb.permute(2, 0, 1)  # [p, n, c]
+    return torch.cdist(x, x, p=2.0, compute_mode="donot_use_mm_for_euclid_dist")
+
+
+def idc_loss(
+    emb_q: Tensor,
+    emb_f: Tensor,
+    labels: Tensor,
+    pairs: Literal["inter", "all"] = "inter",
+    normalize: bool = True,
+    loss: Literal["mse", "huber"] = "mse",
+    huber_delta: float = 1.0,
+) -> Tensor:
+    """IDC loss between quantized and FP part embeddings (methods.md 1.5).
+
+    Args:
+        emb_q: ``[n, c, p]`` embeddings of the quantized model (gradient flows here).
+        emb_f: ``[n, c, p]`` embeddings of the frozen FP model (detached; no gradient).
+        labels: ``[n]`` identity labels.
+        pairs: ``"inter"``: pairs with different labels; ``"all"``: every pair ``i != j``.
+        normalize: divide each part's distances by their mean over the masked pairs (scale invariance).
+        loss: ``"mse"`` (squared error) or ``"huber"`` (``F.huber_loss`` with ``huber_delta``).
+        huber_delta: Huber threshold (> 0).
+
+    Returns:
+        Scalar loss (float32 or float64). When the mask is empty (one identity in the batch with
+        ``pairs="inter"``, or ``n < 2``) returns ``0`` connected to ``emb_q``'s graph (gradient zero).
+        Finite value and gradient for duplicate / all-zero embeddings.
+
+    Raises:
+        ValueError: shapes mismatch (``emb_q``, ``emb_f`` must be equal ``[n, c, p]``, ``labels`` ``[n]``),
+            unknown ``pairs``/``loss``, non-positive ``huber_delta``.
+    """
+    if emb_q.dim() != 3 or emb_q.shape != emb_f.shape:
+        raise ValueError(f"emb_q and emb_f must both be [n, c, p]; got {tuple(emb_q.shape)}, {tuple(emb_f.shape)}")
+    if labels.dim() != 1 or labels.shape[0] != emb_q.shape[0]:
+        raise ValueError(f"labels must be [n={emb_q.shape[0]}], got {tuple(labels.shape)}")
+    if pairs not in ("inter", "all"):
+        raise ValueError(f"pairs must be 'inter' or 'all', got {pairs!r}")
+    if loss not in ("mse", "huber"):
+        raise ValueError(f"loss must be 'mse' or 'huber', got {loss!r}")
+    if not huber_delta > 0:
+        raise ValueError(f"huber_delta must be > 0, got {huber_delta}")
+
+    dt = emb_q.dtype if emb_q.dtype == torch.float64 else torch.float32
+    n = emb_q.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=emb_q.device)
+    if pairs == "inter":
+        mask = labels[:, None] != labels[None, :]
+    else:
+        mask = ~eye
+    mask = mask & ~eye
+    count = mask.sum()
+    if int(count) == 0:
+        return emb_q.sum().to(dt) * 0.0
+
+    d_q = pairwise_distances(emb_q.to(dt))  # [p, n, n]
+    with torch.no_grad():
+        d_f = pairwise_distances(emb_f.detach().to(dt))
+    m = mask.to(dt)[None]  # [1, n, n]
+    if normalize:
+        mu_q = (d_q * m).sum(dim=(1, 2), keepdim=True) / count
+        mu_f = (d_f * m).sum(dim=(1, 2), keepdim=True) / count
+        d_q = d_q / mu_q.clamp_min(_EPS)
+        d_f = d_f / mu_f.clamp_min(_EPS)
+    if loss == "mse":
+        elem = (d_q - d_f) ** 2
+    else:
+        elem = F.huber_loss(d_q, d_f, reduction="none", delta=huber_delta)
+    per_part = (elem * m).sum(dim=(1, 2)) / count  # [p]
+    return per_part.mean()
+
+
+class IDCLoss(nn.Module):
+    """``weight * idc_loss(emb_q, emb_f, labels, ...)`` as a module (methods.md 1.5: ``lambda_IDC * L_IDC``).
+
+    Args: as :func:`idc_loss`, plus ``weight`` (lambda, >= 0).
+    Forward: ``(emb_q [n, c, p], emb_f [n, c, p], labels [n]) -> scalar``.
+
+    Raises:
+        ValueError: invalid options (checked at construction).
+    """
+
+    def __init__(
+        self,
+        pairs: Literal["inter", "all"] = "inter",
+        normalize: bool = True,
+        loss: Literal["mse", "huber"] = "mse",
+        huber_delta: float = 1.0,
+        weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if pairs not in ("inter", "all"):
+            raise ValueError(f"pairs must be 'inter' or 'all', got {pairs!r}")
+        if loss not in ("mse", "huber"):
+            raise ValueError(f"loss must be 'mse' or 'huber', got {loss!r}")
+        if not huber_delta > 0:
+            raise ValueError(f"huber_delta must be > 0, got {huber_delta}")
+        if not weight >= 0:
+            raise ValueError(f"weight must be >= 0, got {weight}")
+        self.pairs, self.normalize, self.loss = pairs, bool(normalize), loss
+        self.huber_delta, self.weight = float(huber_delta), float(weight)
+
+    def forward(self, emb_q: Tensor, emb_f: Tensor, labels: Tensor) -> Tensor:  # noqa: D102
+        return self.weight * idc_loss(
+            emb_q, emb_f, labels, self.pairs, self.normalize, self.loss, self.huber_delta
+        )
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return (
+            f"pairs={self.pairs}, normalize={self.normalize}, loss={self.loss}, "
+            f"huber_delta={self.huber_delta}, weight={self.weight}"
+        )

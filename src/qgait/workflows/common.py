@@ -1,0 +1,105 @@
+"""Glue shared by the workflows: the store, the subject split, the network, the losses and the optimizer,
+all built from an :class:`ExperimentConfig`."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import DataConfig, ExperimentConfig, LossConfig, OptimConfig
+from ..data.partition import load_partition
+from ..data.store import SequenceStore, build_store
+from ..losses import LossSum, PartCrossEntropy, TripletLoss
+from ..models import GaitWithHead, build_model
+
+
+def log(msg: str) -> None:
+    """Progress messages go to stderr so that stdout carries results."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def open_or_build_store(data: DataConfig, progress: bool = True) -> SequenceStore:
+    """Open ``data.store``; if it does not exist yet, import it from ``data.source`` first.
+
+    Raises:
+        FileNotFoundError: no store and no source to build it from.
+    """
+    if (Path(data.store) / "meta.json").is_file():
+        return SequenceStore.open(data.store)
+    if data.source is None:
+        raise FileNotFoundError(f"{data.store}: no store there and no data.source to import it from")
+    log(f"importing {data.source} -> {data.store} (once)")
+    summary = build_store(data.source, data.store, skip_bad=data.skip_bad, progress=progress)
+    log(str(summary))
+    return SequenceStore.open(data.store)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Training and test subjects of a partition, restricted to those present in the store (and limits)."""
+
+    train_subjects: list[str]
+    test_subjects: list[str]
+
+
+def split_subjects(store: SequenceStore, data: DataConfig) -> Split:
+    """Apply the partition (and the optional subject limits) to the store's subjects.
+
+    Raises:
+        ValueError: no training or no test subject of the partition is in the store.
+    """
+    part = load_partition(data.partition)
+    have = set(store.subjects)
+    train = [s for s in part.train if s in have]
+    test = [s for s in part.test if s in have]
+    if data.train_subjects_limit:
+        train = train[: data.train_subjects_limit]
+    if data.test_subjects_limit:
+        test = test[: data.test_subjects_limit]
+    if not train or not test:
+        raise ValueError(
+            f"{data.store}: the partition {data.partition!r} leaves {len(train)} training and {len(test)} test "
+            "subjects in this store"
+        )
+    return Split(train, test)
+
+
+def build_network(cfg: ExperimentConfig, num_classes: int) -> GaitWithHead:
+    """The inference model named by the config plus its BNNeck head (if any)."""
+    model = build_model(cfg.model.name, **cfg.model.args)
+    return GaitWithHead(model, num_classes if cfg.model.head == "bnneck" else None)
+
+
+def build_losses(loss: LossConfig, has_head: bool) -> LossSum:
+    """Triplet and (with a head) cross-entropy terms with their weights.
+
+    Raises:
+        ValueError: no loss term enabled.
+    """
+    terms: dict[str, tuple[nn.Module, float]] = {}
+    if loss.triplet:
+        terms["triplet"] = (TripletLoss(loss.triplet.margin), loss.triplet.weight)
+    if loss.ce and has_head:
+        terms["ce"] = (PartCrossEntropy(loss.ce.scale, loss.ce.label_smoothing), loss.ce.weight)
+    if not terms:
+        raise ValueError("no loss term enabled")
+    return LossSum(terms)
+
+
+def build_optimizer(params, optim: OptimConfig) -> torch.optim.Optimizer:
+    """SGD (momentum, weight decay), Adam or AdamW over ``params`` (an iterable or param groups)."""
+    if optim.name == "sgd":
+        return torch.optim.SGD(
+            params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay, nesterov=optim.nesterov
+        )
+    cls = torch.optim.Adam if optim.name == "adam" else torch.optim.AdamW
+    return cls(params, lr=optim.lr, weight_decay=optim.weight_decay)
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)

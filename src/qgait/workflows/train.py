@@ -1,0 +1,111 @@
+"""``qgait train``: train a full-precision gait model from a config and evaluate it on the test subjects."""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from ..config import ExperimentConfig, dump_config
+from ..data.loader import TrainBatches
+from ..data.transforms import GaitAugment
+from ..engine.checkpoint import save_inference_model
+from ..engine.distributed import DistContext, cleanup, init_distributed
+from ..engine.schedule import lr_at
+from ..engine.trainer import Trainer
+from ..evaluation.report import format_cross_view, write_results
+from ..evaluation.runner import evaluate_on_store
+from .common import build_losses, build_network, build_optimizer, log, open_or_build_store, set_threads, split_subjects
+
+
+def make_train_batches(cfg: ExperimentConfig, store, subjects, ctx: DistContext) -> TrainBatches:
+    d = cfg.data
+    aug = GaitAugment(**d.augment.model_dump()) if d.augment else None
+    return TrainBatches(
+        store, store.select(subjects=subjects), p=d.p, k=d.k, frames=d.train_frames, size=tuple(d.input_size),
+        augment=aug, seed=cfg.train.seed, rank=ctx.rank, world_size=ctx.world_size, prefetch=d.prefetch,
+    )
+
+
+def periodic_evaluator(cfg: ExperimentConfig, store, test_subjects, ctx: DistContext, progress: bool):
+    """A callback ``(net, iteration) -> {NM, BG, CL, mean}`` on (a subset of) the test subjects."""
+    subjects = test_subjects[: cfg.eval.periodic_subjects_limit] if cfg.eval.periodic_subjects_limit else test_subjects
+
+    def evaluate(net, iteration):  # noqa: ARG001
+        res = evaluate_on_store(
+            net.model, store, subjects, tuple(cfg.data.input_size), cfg.eval.protocol, cfg.eval.metric,
+            cfg.data.test_max_frames, ctx.device, progress=False,
+        )
+        return {k: v["rank-1"] for k, v in res["sets"].items()} | {"mean": res["mean"]}
+
+    return evaluate
+
+
+def run_train(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = True, progress: bool = True,
+              evaluate: bool = True) -> dict:
+    """Train ``cfg`` into ``out_dir`` (resuming from ``out_dir/last.pt``), save ``model.pt``, evaluate.
+
+    Returns a summary dict: wall time, iterations, and the evaluation result (rank-1 per set, mean).
+    """
+    out_dir = Path(out_dir)
+    ctx = init_distributed()
+    set_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+    try:
+        if ctx.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "config.yaml").write_text(yaml.safe_dump(dump_config(cfg), sort_keys=False))
+        store = open_or_build_store(cfg.data, progress and ctx.is_main) if ctx.is_main else None
+        if ctx.distributed:
+            torch.distributed.barrier()
+            store = store or open_or_build_store(cfg.data, False)
+        split = split_subjects(store, cfg.data)
+        batches = make_train_batches(cfg, store, split.train_subjects, ctx)
+        net = build_network(cfg, batches.num_classes).to(ctx.device)
+        if cfg.train.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        loss_fn = build_losses(cfg.loss, net.head is not None)
+        opt = build_optimizer(net.parameters(), cfg.optim)
+        o = cfg.optim
+        trainer = Trainer(
+            net, loss_fn, batches, opt,
+            functools.partial(lr_at, base_lr=o.lr, milestones=o.milestones, gamma=o.gamma, warmup=o.warmup_iterations),
+            cfg.train.iterations, out_dir, ctx,
+            log_every=cfg.train.log_every, save_every=cfg.train.save_every, eval_every=cfg.train.eval_every,
+            amp=cfg.train.amp, compile=cfg.train.compile,
+            evaluate_fn=periodic_evaluator(cfg, store, split.test_subjects, ctx, progress),
+            config=dump_config(cfg), progress=progress, tag="train",
+        )
+        t0 = time.perf_counter()
+        start = trainer.iteration
+        evals = trainer.fit(resume=resume)
+        wall = time.perf_counter() - t0
+        summary: dict = {"name": cfg.name, "iterations": cfg.train.iterations, "resumed_from": start,
+                         "train_seconds_this_run": round(wall, 1), "periodic_eval": evals}
+        if not ctx.is_main:
+            return summary
+        model_path = save_inference_model(
+            out_dir / "model.pt", net.model, cfg.model.name, cfg.model.args, tuple(cfg.data.input_size),
+            extra={"num_classes": batches.num_classes, "experiment": cfg.name},
+        )
+        summary["model"] = str(model_path)
+        if evaluate:
+            log(f"evaluating on {len(split.test_subjects)} test subjects")
+            t1 = time.perf_counter()
+            res = evaluate_on_store(
+                net.model, store, split.test_subjects, tuple(cfg.data.input_size), cfg.eval.protocol,
+                cfg.eval.metric, cfg.data.test_max_frames, ctx.device, progress,
+            )
+            res["eval_seconds"] = round(time.perf_counter() - t1, 1)
+            res["model"] = f"{cfg.name} (FP32)"
+            write_results(res, out_dir, "results")
+            summary["eval"] = {k: v["rank-1"] for k, v in res["sets"].items()} | {"mean": res["mean"]}
+            print(format_cross_view(res))
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+    finally:
+        cleanup(ctx)
