@@ -45,11 +45,17 @@ def test_grid_range_invalid(bits):
 
 
 @FAST
-@given(bits=st.integers(2, 8), signed=st.booleans(), seed=st.integers(0, 2**16), scale=st.floats(1e-3, 1e3))
-def test_output_on_grid_and_clipped(bits, signed, seed, scale):
+@given(
+    bits=st.integers(2, 8),
+    signed=st.booleans(),
+    seed=st.integers(0, 2**16),
+    scale=st.floats(1e-3, 1e3),
+    rounding=st.sampled_from(["ste", "soft_backward"]),
+)
+def test_output_on_grid_and_clipped(bits, signed, seed, scale, rounding):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(64, 33, generator=g) * scale * 3
-    q = LSQQuantizer(bits, signed=signed)
+    q = LSQQuantizer(bits, signed=signed, rounding=rounding)
     q.initialize(x, method="lsq")
     xq = q(x)
     s = q.scale
@@ -413,3 +419,13 @@ def test_quantizer_enabled_and_validation():
     with pytest.raises(ValueError):
         q.set_alpha(math.inf)
     assert q.zero_point.dtype == torch.int32 and q.bits == 3
+
+
+def test_low_precision_input_dtype():
+    x = torch.randn(4, 6).bfloat16().requires_grad_()
+    q = LSQQuantizer(4, signed=True, per_channel=True, rounding="soft_backward")
+    y = q(x)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert x.grad.dtype == torch.bfloat16 and torch.isfinite(x.grad.float()).all()
+    assert q.step.dtype == torch.float32 and torch.isfinite(q.step.grad).all()

@@ -27,7 +27,7 @@ from qgait.quant import (
     quant_summary,
     quant_summary_dict,
     quantize_,
-    quantizers,
+    iter_quantizers,
     set_alpha_,
     set_quant_enabled_,
     set_rounding_,
@@ -110,7 +110,7 @@ def test_every_target_replaced_and_is_still_nn_class():
     keys = set(m.state_dict())
     assert {"stem.0.weight", "head.fc.fc.weight", "head.cls.bias"} <= keys
     assert "stem.0.weight_quantizer.step" in keys and "head.cls.input_quantizer.initialized" in keys
-    assert len(step_parameters(m)) == len(list(quantizers(m))) == 6 + 5
+    assert len(step_parameters(m)) == len(list(iter_quantizers(m))) == 6 + 5
 
 
 def test_parameters_shared_not_copied():
@@ -209,7 +209,7 @@ def test_w8a8_close_to_fp(cfg, min_cos):
     fp = _model()
     q = quantize_(copy.deepcopy(fp), QuantConfig(weight_bits=8, act_bits=8, **cfg))
     calibrate_(q, _calib())
-    assert all(qq.is_initialized for _, qq in quantizers(q))
+    assert all(qq.is_initialized for _, qq in iter_quantizers(q))
     x = _sil(6, seed=99)
     with torch.no_grad():
         (e_fp, l_fp), (e_q, l_q) = fp(x), q(x)
@@ -241,7 +241,7 @@ def test_calibrate_errors_and_custom_forward():
     m = quantize_(_model(), QuantConfig())
     with pytest.raises(ValueError):
         calibrate_(m, [])
-    assert not any(q.observer is not None for _, q in quantizers(m))
+    assert not any(q.observer is not None for _, q in iter_quantizers(m))
     calls = []
 
     def fwd(model, batch):
@@ -269,7 +269,7 @@ def test_calibrate_errors_and_custom_forward():
 def test_lazy_init_on_first_forward():
     m = quantize_(_model(), QuantConfig())
     m(_sil(2))
-    assert all(q.is_initialized for _, q in quantizers(m))
+    assert all(q.is_initialized for _, q in iter_quantizers(m))
 
 
 def _train_steps(m, n=3, rounding=None):
@@ -291,13 +291,13 @@ def test_save_reload_identical_outputs(tmp_path):
     m = quantize_(_model(), cfg)
     calibrate_(m, _calib())
     _train_steps(m)
-    steps_before = [q.step.detach().clone() for _, q in quantizers(m)]
+    steps_before = [q.step.detach().clone() for _, q in iter_quantizers(m)]
     path = tmp_path / "q.pt"
     torch.save(m.state_dict(), path)
     fresh = quantize_(_model(seed=123), cfg)
     fresh.load_state_dict(torch.load(path), strict=True)
-    assert [q.is_signed for _, q in quantizers(fresh)] == [q.is_signed for _, q in quantizers(m)]
-    assert all(torch.equal(a, q.step) for a, (_, q) in zip(steps_before, quantizers(fresh)))
+    assert [q.is_signed for _, q in iter_quantizers(fresh)] == [q.is_signed for _, q in iter_quantizers(m)]
+    assert all(torch.equal(a, q.step) for a, (_, q) in zip(steps_before, iter_quantizers(fresh)))
     x = _sil(3, seed=7)
     with torch.no_grad():
         for a, b in zip(m(x), fresh(x)):
@@ -306,14 +306,14 @@ def test_save_reload_identical_outputs(tmp_path):
 
 def test_stage2_soft_rounding_and_alpha():
     m = quantize_(_model(), QuantConfig(quantizer="soft", soft={"alpha_start": 3.0}))
-    assert all(q.rounding == "soft_backward" and float(q.alpha) == 3.0 for _, q in quantizers(m))
+    assert all(q.rounding == "soft_backward" and float(q.alpha) == 3.0 for _, q in iter_quantizers(m))
     calibrate_(m, _calib())
     set_alpha_(m, 7.5)
     _train_steps(m, 2)
     set_rounding_(m, "soft_forward")
     _train_steps(m, 2)
     set_rounding_(m, "ste")
-    assert all(q.rounding == "ste" and float(q.alpha) == 7.5 for _, q in quantizers(m))
+    assert all(q.rounding == "ste" and float(q.alpha) == 7.5 for _, q in iter_quantizers(m))
     with pytest.raises(ValueError):
         set_rounding_(m, "fuzzy")
     # stage-1 checkpoint loads into a stage-2 model (same keys)

@@ -95,7 +95,9 @@ class QuantConfig(_Strict):
     ptq_method, ptq_percentile:
         Step calibration for ``quantizer="ptq"``.
     lsq_init:
-        Step initialisation for ``lsq`` / ``soft``: ``"lsq"`` is ``2 mean|x| / sqrt(Q_P)`` (LSQ section 2.1).
+        Step initialisation for ``lsq`` / ``soft``: ``"lsq"`` is ``2 mean|x| / sqrt(Q_P)`` (LSQ, Esser et al.
+        ICLR 2020, section 2). It is a training start, not a PTQ: at 8 bits it covers about +-21 of the +-127
+        levels for Gaussian weights; ``"mse"`` starts much closer to FP (see tests/quant/test_transform.py).
     """
 
     weight_bits: int = Field(default=4, ge=2, le=8)

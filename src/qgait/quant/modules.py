@@ -113,7 +113,9 @@ class QuantLayer:
             ValueError: bad bits / options (from the quantizers).
         """
         if type(module) is not cls._FLOAT_CLS:
-            raise TypeError(f"{cls.__name__}.from_float expects an {cls._FLOAT_CLS.__name__}, got {type(module).__name__}")
+            raise TypeError(
+                f"{cls.__name__}.from_float expects an {cls._FLOAT_CLS.__name__}, got {type(module).__name__}"
+            )
         unknown = set(quant_kwargs) - set(_QUANT_KWARGS)
         if unknown:
             raise TypeError(f"unknown keyword(s) for {cls.__name__}: {sorted(unknown)}")

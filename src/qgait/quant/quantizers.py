@@ -2,12 +2,12 @@
 
 Equations
 ---------
-LSQ (Esser et al., "Learned Step Size Quantization", ICLR 2020, eq. 1-5; methods.md 1.2)::
+LSQ (Esser et al., "Learned Step Size Quantization", ICLR 2020, section 2, eqs. 1-3; methods.md 1.2)::
 
     v   = x / s,   u = clip(v, -Q_N, Q_P),   x_q = R(u) * s
     dx_q/dx = R'(u)             if -Q_N <= v <= Q_P, else 0
     dx_q/ds = R(u) - u * R'(u)  if -Q_N <= v <= Q_P;  -Q_N if v < -Q_N;  Q_P if v > Q_P
-    step gradient scaled by g = 1 / sqrt(N * Q_P)       (LSQ section 2.2)
+    step gradient scaled by g = 1 / sqrt(N * Q_P)       (LSQ section 2, "step size gradient scale")
 
 with ``R = round`` and ``R' = 1`` for the straight-through estimator (STE). Signed grids use
 ``Q_N = 2^(b-1), Q_P = 2^(b-1) - 1``; unsigned grids ``Q_N = 0, Q_P = 2^b - 1``.
@@ -30,6 +30,11 @@ gradient to the raw parameter so that a step driven below ``eps`` can recover; a
 ``[1e-4, 1e6]`` (below 1e-4 the soft functions equal their alpha -> 0 limits to float32 precision:
 ``softround -> u``, derivative -> 1); ``sech^2`` is evaluated as ``4 e^{-2|z|} / (1 + e^{-2|z|})^2`` (no
 overflow). Infinite inputs clip to the grid ends with zero input gradient.
+
+Cost: the fake quantizer is one ``torch.autograd.Function`` with the closed-form backward above. It saves only
+its input (which the previous layer keeps alive anyway) and recomputes ``u`` in the backward, where plain
+autograd through div/clamp/round/mul saves two full-size intermediates (see ``tests/quant/bench_fake_quant.py``).
+It compiles under ``torch.compile`` without graph breaks.
 """
 
 from __future__ import annotations
@@ -216,7 +221,7 @@ class _LSQFakeQuant(torch.autograd.Function):
     """``x_q = R(clip(x/s, -Q_N, Q_P)) * s`` with the gradients of the module docstring.
 
     Inputs: x [any], step [] or [C] (C = x.shape[ch_axis]). Saves only x and step; the backward recomputes u
-    (cheaper in memory than autograd through div/clamp/round/mul, which keeps three full-size intermediates).
+    (cheaper in memory than autograd through div/clamp/round/mul, which keeps two full-size intermediates).
     """
 
     @staticmethod
@@ -283,7 +288,7 @@ def lsq_fake_quantize(
     eps: float = 1e-8,
     use_fused: bool = False,
 ) -> Tensor:
-    """Functional LSQ fake quantizer (Esser et al. ICLR 2020 eq. 1-5; soft modes per methods.md 1.3).
+    """Functional LSQ fake quantizer (Esser et al. ICLR 2020, section 2, eqs. 1-3; soft modes: methods.md 1.3).
 
     Args:
         x: input, any shape ``[...]``; float32/float64 computed natively, other float dtypes in float32.
@@ -388,7 +393,7 @@ def calibrate_step(
           of ``mse_ratios = (lo, hi, count)`` (default 100 values in [0.01, 1]; geometric so that the resolution
           is 5 % at every scale: heavy-tailed data at 2-4 bits has optimal clipping well below 0.2 of max|x|).
           The first minimum (smallest step) wins ties.
-        - ``"lsq"``: ``2 mean|x| / sqrt(Q_P)`` (Esser et al. ICLR 2020, section 2.1; methods.md 1.2).
+        - ``"lsq"``: ``2 mean|x| / sqrt(Q_P)`` (Esser et al. ICLR 2020, section 2; methods.md 1.2).
 
     Args:
         x: data, any shape; per channel: ``C = x.shape[ch_axis]``.
@@ -657,7 +662,7 @@ class LSQQuantizer(nn.Module):
     batches). ``soft_forward`` rounds softly only in training mode (hard in eval). ``enabled = False`` bypasses.
 
     Raises:
-        ValueError: bad bits, rounding, role, init_method, or ch_axis.
+        ValueError: bad bits, rounding, role, init_method or percentile.
     """
 
     def __init__(
@@ -699,8 +704,13 @@ class LSQQuantizer(nn.Module):
         self.observer: ActObserver | None = None
         shape = (int(num_channels) if num_channels else 1,) if per_channel else ()
         self.step = nn.Parameter(torch.ones(shape))
+        sign = -1 if signed is None else int(bool(signed))
         self.register_buffer("initialized", torch.tensor(False))
-        self.register_buffer("signed_state", torch.tensor(-1 if signed is None else int(bool(signed)), dtype=torch.int8))
+        self.register_buffer("signed_state", torch.tensor(sign, dtype=torch.int8))
+        # python mirrors of the two buffers: forward reads these (no device sync, no torch.compile graph break);
+        # kept in sync by _decide_sign, _set_step and _load_from_state_dict
+        self._initialized_py = False
+        self._signed_py = sign
         self.register_buffer("alpha", torch.tensor(float(alpha)))
 
     # ------------------------------------------------------------------ properties
@@ -712,7 +722,7 @@ class LSQQuantizer(nn.Module):
     @property
     def is_signed(self) -> bool | None:
         """``True``/``False``, or ``None`` while ``signed`` is automatic and not yet decided."""
-        v = int(self.signed_state)
+        v = self._signed_py
         return None if v < 0 else bool(v)
 
     def _grid(self) -> tuple[int, int]:
@@ -744,7 +754,7 @@ class LSQQuantizer(nn.Module):
     @property
     def is_initialized(self) -> bool:
         """Whether the step has been initialised from data."""
-        return bool(self.initialized)
+        return self._initialized_py
 
     # ------------------------------------------------------------------ state changes
     def set_alpha(self, alpha: float) -> None:
@@ -770,7 +780,8 @@ class LSQQuantizer(nn.Module):
 
     def _decide_sign(self, non_negative: bool) -> bool:
         if self.is_signed is None:
-            self.signed_state.fill_(0 if non_negative else 1)
+            self._signed_py = 0 if non_negative else 1
+            self.signed_state.fill_(self._signed_py)
         return bool(self.is_signed)
 
     def _set_step(self, s: Tensor) -> None:
@@ -784,6 +795,7 @@ class LSQQuantizer(nn.Module):
         else:
             self.step.data.copy_(s)
         self.initialized.fill_(True)
+        self._initialized_py = True
 
     @torch.no_grad()
     def initialize(self, x: Tensor, method: InitMethod | None = None) -> None:
@@ -843,7 +855,7 @@ class LSQQuantizer(nn.Module):
         if self.observer is not None:
             self.observer.update(x)
             return x
-        if not bool(self.initialized):
+        if not self._initialized_py:
             self.initialize(x)
         q_n, q_p = self._grid()
         rounding = self.rounding
@@ -860,6 +872,8 @@ class LSQQuantizer(nn.Module):
         if key in state_dict and state_dict[key].shape != self.step.shape and self.per_channel:
             self.step.data = torch.empty_like(state_dict[key], device=self.step.device, dtype=self.step.dtype)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._initialized_py = bool(self.initialized)
+        self._signed_py = int(self.signed_state)
 
     def extra_repr(self) -> str:  # noqa: D102
         signed = {None: "auto", True: "signed", False: "unsigned"}[self.is_signed]

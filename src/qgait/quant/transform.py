@@ -10,6 +10,15 @@ Typical QGait flow (methods.md 1.4)::
     for it in range(n): set_alpha_(model, alpha_at(cfg.soft, it / n)); ...
 
 This module is model-agnostic: it works on any ``nn.Module`` and imports nothing from other qgait packages.
+
+Notes:
+    - Batch norm stays unfolded during QAT (methods.md 1.2 asks to document which): the conv weights are
+      quantized, BN follows in floating point. With per-channel weight steps, folding BN's per-channel factor
+      ``k_c = gamma_c / sigma_c`` into the weights keeps the same integers with step ``s_c |k_c|`` (for
+      ``k_c < 0`` the integers change sign, so ``-Q_N`` would leave the signed grid: re-check after folding).
+    - Steps initialise lazily on the first forward when :func:`calibrate_` was not called; under data-parallel
+      training call :func:`calibrate_` (same batches on every rank) or broadcast the state after the first step.
+    - Hooks registered on a replaced module are not carried over to its quantized twin.
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ __all__ = [
     "set_alpha_",
     "set_quant_enabled_",
     "alpha_at",
-    "quantizers",
+    "iter_quantizers",
     "quant_layers",
     "step_parameters",
     "non_step_parameters",
@@ -216,7 +225,7 @@ def calibrate_(
         aq = layer.input_quantizer
         if isinstance(aq, LSQQuantizer):
             act_qs[f"{name}.input_quantizer"] = aq
-    enabled = {id(q): q.enabled for _, q in quantizers(model)}
+    enabled = {id(q): q.enabled for _, q in iter_quantizers(model)}
     model.eval()
     n = 0
     try:
@@ -235,7 +244,7 @@ def calibrate_(
             q.observer = None
         raise
     finally:
-        for _, q in quantizers(model):
+        for _, q in iter_quantizers(model):
             q.enabled = enabled[id(q)]
         model.train(was_training)
     if n == 0:
@@ -257,7 +266,7 @@ def set_rounding_(model: nn.Module, rounding: str) -> nn.Module:
     """
     if rounding not in _ROUNDING_ALIASES:
         raise ValueError(f"rounding must be one of {sorted(_ROUNDING_ALIASES)}, got {rounding!r}")
-    for _, q in quantizers(model):
+    for _, q in iter_quantizers(model):
         q.set_rounding(_ROUNDING_ALIASES[rounding])
     return model
 
@@ -268,14 +277,14 @@ def set_alpha_(model: nn.Module, alpha: float) -> nn.Module:
     Raises:
         ValueError: alpha not positive and finite.
     """
-    for _, q in quantizers(model):
+    for _, q in iter_quantizers(model):
         q.set_alpha(alpha)
     return model
 
 
 def set_quant_enabled_(model: nn.Module, enabled: bool, *, weights: bool = True, activations: bool = True) -> nn.Module:
     """Enable or bypass (floating point) the weight and/or activation quantizers. In place; returns model."""
-    for _, q in quantizers(model):
+    for _, q in iter_quantizers(model):
         if (q.role == "weight" and weights) or (q.role == "activation" and activations):
             q.enabled = bool(enabled)
     return model
@@ -302,7 +311,7 @@ def alpha_at(config: SoftQuantConfig, progress: float) -> float:
     return a0 * (a1 / a0) ** p
 
 
-def quantizers(model: nn.Module) -> Iterator[tuple[str, LSQQuantizer]]:
+def iter_quantizers(model: nn.Module) -> Iterator[tuple[str, LSQQuantizer]]:
     """Iterate ``(name, LSQQuantizer)`` over the model, in ``named_modules()`` order."""
     for name, m in model.named_modules():
         if isinstance(m, LSQQuantizer):
@@ -316,7 +325,7 @@ def quant_layers(model: nn.Module) -> list[tuple[str, QuantLayer]]:
 
 def step_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The learned step sizes (for a step-only optimiser, e.g. an IDC calibration phase, methods.md 1.5)."""
-    return [q.step for _, q in quantizers(model)]
+    return [q.step for _, q in iter_quantizers(model)]
 
 
 def non_step_parameters(model: nn.Module) -> list[nn.Parameter]:

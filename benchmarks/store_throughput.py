@@ -1,0 +1,75 @@
+"""Store read throughput vs reading the pickles directly, into P x K training batches.
+
+Extracts a few real CASIA-B subjects to a temporary folder (OpenGait layout), builds a store of the same
+subjects, then times building the same training batches (frame sampling + gather; no model) both ways.
+
+    python benchmarks/store_throughput.py [--subjects 8] [--batches 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from qgait.data.safe_pickle import load_array
+from qgait.data.sampling import TripletSampler, sample_frames
+from qgait.data.store import SequenceStore, build_store
+
+CASIA_B = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "casia-b"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=CASIA_B)
+    ap.add_argument("--subjects", type=int, default=8)
+    ap.add_argument("--batches", type=int, default=20)
+    ap.add_argument("--p", type=int, default=8)
+    ap.add_argument("--k", type=int, default=8)
+    ap.add_argument("--frames", type=int, default=16)
+    a = ap.parse_args()
+    subjects = [f"{i:03d}" for i in range(1, a.subjects + 1)]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for s in subjects:
+            with tarfile.open(a.data / f"{s}.tar.xz", "r:xz") as tf:
+                tf.extractall(tmp / "pkl", filter="data")
+        build_store(tmp / "pkl", tmp / "store", progress=False)
+        store = SequenceStore.open(tmp / "store")
+        paths = [tmp / "pkl" / r.subject / r.condition / r.view / f"{r.view}.pkl" for r in store.records]
+        labels, _ = store.labels_for(range(len(store)))
+        sampler = TripletSampler(labels, a.p, a.k, seed=0)
+
+        def run(read) -> float:
+            n_frames = 0
+            t0 = time.perf_counter()
+            for it in range(a.batches):
+                rng = np.random.default_rng([0, it])
+                batch = [read(int(i), rng) for i in sampler.batch(it)]
+                n_frames += sum(len(b) for b in batch)
+                np.stack(batch)
+            return n_frames / (time.perf_counter() - t0)
+
+        def from_store(i, rng):
+            return store.gather(i, sample_frames(store.records[i].length, a.frames, rng))
+
+        def from_pickle(i, rng):
+            arr = load_array(paths[i].read_bytes(), origin=str(paths[i]))
+            return arr[sample_frames(len(arr), a.frames, rng)]
+
+        run(from_store)  # warm the page cache for both paths alike
+        run(from_pickle)
+        fps_store, fps_pickle = run(from_store), run(from_pickle)
+    res = {"subjects": a.subjects, "batches": a.batches, "batch": f"{a.p}x{a.k}x{a.frames}",
+           "store_frames_per_s": round(fps_store), "pickle_frames_per_s": round(fps_pickle),
+           "speedup": round(fps_store / fps_pickle, 1)}
+    print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()
