@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from qgait.data.safe_pickle import load_array
-from qgait.data.sampling import TripletSampler, sample_frames
+from qgait.data.sampling import TripletSampler, sample_frames, sample_frames_batch
 from qgait.data.store import SequenceStore, build_store
 
 CASIA_B = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "casia-b"
@@ -45,26 +45,29 @@ def main() -> None:
         labels, _ = store.labels_for(range(len(store)))
         sampler = TripletSampler(labels, a.p, a.k, seed=0)
 
-        def run(read) -> float:
+        lengths = np.array([r.length for r in store.records])
+
+        def run(read_batch) -> float:
             n_frames = 0
             t0 = time.perf_counter()
             for it in range(a.batches):
-                rng = np.random.default_rng([0, it])
-                batch = [read(int(i), rng) for i in sampler.batch(it)]
-                n_frames += sum(len(b) for b in batch)
-                np.stack(batch)
+                batch = read_batch(sampler.batch(it), np.random.default_rng([0, it]))
+                n_frames += batch.shape[0] * batch.shape[1]
             return n_frames / (time.perf_counter() - t0)
 
-        def from_store(i, rng):
-            return store.gather(i, sample_frames(store.records[i].length, a.frames, rng))
+        def from_store(seq, rng):  # what TrainBatches does: one vectorised sample + one gather per batch
+            return store.gather_batch(seq, sample_frames_batch(lengths[seq], a.frames, rng))
+
+        def from_pickles(seq, rng):  # the usual loader: unpickle each sequence, then sample its frames
+            return np.stack([from_pickle(int(i), rng) for i in seq])
 
         def from_pickle(i, rng):
             arr = load_array(paths[i].read_bytes(), origin=str(paths[i]))
             return arr[sample_frames(len(arr), a.frames, rng)]
 
         run(from_store)  # warm the page cache for both paths alike
-        run(from_pickle)
-        fps_store, fps_pickle = run(from_store), run(from_pickle)
+        run(from_pickles)
+        fps_store, fps_pickle = run(from_store), run(from_pickles)
     res = {"subjects": a.subjects, "batches": a.batches, "batch": f"{a.p}x{a.k}x{a.frames}",
            "store_frames_per_s": round(fps_store), "pickle_frames_per_s": round(fps_pickle),
            "speedup": round(fps_store / fps_pickle, 1)}

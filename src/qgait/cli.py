@@ -40,6 +40,16 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_quantize(a: argparse.Namespace) -> int:
+    from .config import load_config
+    from .workflows.quantize import run_quantize
+
+    cfg = load_config(a.config, a.overrides)
+    out = a.output_dir or Path("runs") / cfg.name
+    run_quantize(cfg, getattr(a, "from"), out, progress=not a.quiet)
+    return 0
+
+
 def _cmd_data_import(a: argparse.Namespace) -> int:
     from .data.store import build_store
 
@@ -95,6 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True, help="model.pt or a training checkpoint (last.pt)")
     p.add_argument("--output-dir", type=Path, help="write results.json and results.md here")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("quantize", help="QGait: quantize a full-precision checkpoint (two stages + IDC)",
+                       description="Quantize the model of FP_CKPT with the config's quant section: step-size "
+                       "calibration on training batches, an optional IDC-only phase, stage 1 (LSQ + STE) and stage 2 "
+                       "(soft quantizer), each with IDC against the frozen FP model if enabled, each evaluated "
+                       "with the config's protocol. Resumes mid-stage from OUTPUT_DIR.")
+    _add_config_args(p)
+    p.add_argument("--from", required=True, type=Path, metavar="FP_CKPT",
+                   help="full-precision checkpoint: a run's model.pt or last.pt")
+    p.add_argument("--output-dir", type=Path, help="run folder (default: runs/<config name>)")
+    p.set_defaults(func=_cmd_quantize)
 
     p = sub.add_parser("data", help="import, pretreat and inspect silhouette data")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")

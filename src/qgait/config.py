@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .quant.config import QuantConfig
+
 
 class ConfigError(ValueError):
     """A config file that cannot be read or does not match the schema; the message names the file."""
@@ -101,6 +103,46 @@ class EvalConfig(_Strict):
     periodic_subjects_limit: int | None = Field(None, ge=2, description="test subjects used by periodic evaluation")
 
 
+class IDCConfig(_Strict):
+    """Inter-class distance-guided calibration against the frozen FP model (methods.md 1.5)."""
+
+    weight: float = Field(1.0, ge=0, description="lambda_IDC; 0 disables IDC")
+    pairs: Literal["inter", "all"] = "inter"
+    normalize: bool = True
+    loss: Literal["mse", "huber"] = "mse"
+    huber_delta: float = Field(1.0, gt=0)
+    stages: list[Literal[1, 2]] = Field(default_factory=lambda: [1, 2], description="stages that add IDC")
+
+
+class StageConfig(_Strict):
+    """One QAT stage: its iterations, learning rate, schedule and rounding."""
+
+    iterations: int = Field(0, ge=0, description="0 skips the stage")
+    lr: float = Field(0.01, gt=0)
+    milestones: list[int] = Field(default_factory=list)
+    gamma: float = 0.1
+    rounding: Literal["ste", "soft_backward", "soft_forward"] = "ste"
+
+
+class CalibOnlyConfig(_Strict):
+    """Optional IDC-only phase before stage 1 that updates only the step sizes and BN statistics."""
+
+    iterations: int = Field(0, ge=0)
+    lr: float = Field(1e-3, gt=0)
+
+
+class QuantExperimentConfig(_Strict):
+    """QGait: quantizer config, calibration, the IDC-only phase, stage 1 (LSQ + STE) and stage 2 (soft)."""
+
+    config: QuantConfig = QuantConfig()
+    calibration_batches: int = Field(4, ge=1, description="training batches that initialise the steps")
+    calib_only: CalibOnlyConfig = CalibOnlyConfig()
+    stage1: StageConfig = StageConfig(iterations=500, lr=0.01, rounding="ste")
+    stage2: StageConfig = StageConfig(iterations=0, lr=0.001, rounding="soft_backward")
+    idc: IDCConfig | None = IDCConfig()
+    plot: bool = Field(True, description="save the inter-class distance histogram (FP vs stage 1 vs final)")
+
+
 class ExperimentConfig(_Strict):
     """A full experiment: data, model, losses, optimizer, training loop and evaluation."""
 
@@ -111,7 +153,7 @@ class ExperimentConfig(_Strict):
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
-    quant: dict[str, Any] | None = Field(None, description="quantization stages (see qgait quantize)")
+    quant: QuantExperimentConfig | None = Field(None, description="quantization stages (see qgait quantize)")
 
     @field_validator("name")
     @classmethod

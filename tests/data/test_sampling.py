@@ -107,3 +107,27 @@ def test_ordered_frames():
     assert np.array_equal(ordered_frames(5), np.arange(5))
     assert len(ordered_frames(1000)) == 720 and ordered_frames(1000)[-1] == 719
     assert len(ordered_frames(1000, cap=10)) == 10
+
+
+def test_sample_frames_batch_rows_are_valid_and_deterministic():
+    from qgait.data.sampling import sample_frames_batch
+
+    lengths = np.array([3, 40, 16, 1, 100])
+    a = sample_frames_batch(lengths, 16, np.random.default_rng([0, 1]))
+    b = sample_frames_batch(lengths, 16, np.random.default_rng([0, 1]))
+    assert a.shape == (5, 16) and np.array_equal(a, b)
+    for row, n in zip(a, lengths):
+        assert row.min() >= 0 and row.max() < n
+        assert np.all(np.diff(row) >= 0)  # sorted
+        if n >= 16:
+            assert len(set(row.tolist())) == 16  # without replacement
+    assert set(a[2].tolist()) == set(range(16))  # exactly all frames when length == n
+    assert (a[3] == 0).all()
+
+
+def test_sample_frames_batch_is_uniform_over_positions():
+    from qgait.data.sampling import sample_frames_batch
+
+    draws = sample_frames_batch(np.full(4000, 10), 3, np.random.default_rng(0))
+    counts = np.bincount(draws.ravel(), minlength=10)
+    assert counts.min() > 0.85 * counts.mean() and counts.max() < 1.15 * counts.mean()

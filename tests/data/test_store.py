@@ -248,3 +248,16 @@ def test_import_streams_instead_of_holding_the_dataset(tmp_path):
         tracemalloc.stop()
     assert total > 9_000_000
     assert peak < total / 5, (peak, total)
+
+
+def test_gather_batch_equals_per_sequence_gather(real_store):
+    real_store = SequenceStore.open(real_store[0])
+    rng = np.random.default_rng(0)
+    seq = np.array([0, 5, 17, len(real_store) - 1])
+    pos = np.stack([np.sort(rng.integers(0, real_store.records[i].length, 6)) for i in seq])
+    got = real_store.gather_batch(seq, pos)
+    assert got.shape == (4, 6, *real_store.frame_shape)
+    for j, i in enumerate(seq):
+        assert np.array_equal(got[j], real_store.gather(int(i), pos[j]))
+    with pytest.raises(IndexError):
+        real_store.gather_batch(seq[:1], np.array([[real_store.records[0].length]]))

@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import torch
 
-from .sampling import TripletSampler, ordered_frames, sample_frames, shard
+from .sampling import TripletSampler, ordered_frames, sample_frames_batch, shard
 from .store import SequenceStore
 from .transforms import GaitAugment, to_model_input
 
@@ -124,10 +124,7 @@ class TrainBatches:
         local = shard(self.sampler.batch(iteration), self.rank, self.world_size)
         seq = self.indices[local]
         rng = np.random.default_rng([self.seed, iteration, 1, self.rank])
-        h, w = self.store.frame_shape
-        raw = np.empty((len(seq), self.frames, h, w), dtype=np.uint8)
-        for j, i in enumerate(seq.tolist()):
-            raw[j] = self.store.gather(i, sample_frames(int(self._lengths[i]), self.frames, rng))
+        raw = self.store.gather_batch(seq, sample_frames_batch(self._lengths[seq], self.frames, rng))
         x = to_model_input(torch.from_numpy(raw), self.size)
         if self.augment is not None:
             x = self.augment(x, torch.Generator().manual_seed(augment_seed(self.seed, iteration, self.rank)))

@@ -127,6 +127,29 @@ def sample_frames(length: int, n: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(idx).astype(np.int64, copy=False)
 
 
+def sample_frames_batch(lengths: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Vectorised :func:`sample_frames` for a batch of sequences: int64 ``[len(lengths), n]``.
+
+    Row ``j`` holds ``n`` positions in ``[0, lengths[j])``, sorted ascending: without replacement when
+    ``lengths[j] >= n`` (the ``n`` smallest of random keys), else uniform draws with replacement. One call per
+    batch instead of one per sequence keeps the sampler off the training step's critical path.
+
+    Raises:
+        ValueError: ``n`` < 1 or a length < 1.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if n < 1 or lengths.size == 0 or lengths.min() < 1:
+        raise ValueError(f"sample_frames_batch: n ({n}) and every length must be >= 1")
+    longest = int(lengths.max())
+    keys = rng.random((lengths.size, max(longest, n)))
+    keys[np.arange(keys.shape[1])[None, :] >= lengths[:, None]] = np.inf  # positions past the end never win
+    out = np.argsort(keys, axis=1)[:, :n]
+    short = lengths < n
+    if short.any():
+        out[short] = (rng.random((int(short.sum()), n)) * lengths[short, None]).astype(np.int64)
+    return np.sort(out, axis=1)
+
+
 def ordered_frames(length: int, cap: int = 720) -> np.ndarray:
     """All frame positions in order, capped at the first ``cap``: int64 ``[min(length, cap)]``.
 

@@ -563,6 +563,40 @@ class SequenceStore:
                              f"({r.key}) of {r.length} frames")
         return np.asarray(self._frames[r.start + idx.astype(np.int64)])
 
+    def gather_batch(self, indices: Sequence[int], frame_idx: np.ndarray) -> np.ndarray:
+        """Frames of several sequences at once: ``frame_idx[j]`` of sequence ``indices[j]``, in one read.
+
+        Args:
+            indices: ``[B]`` sequence indices.
+            frame_idx: int ``[B, n]`` positions, each row within its sequence's length.
+
+        Returns:
+            uint8 ``[B, n, H, W]`` (a copy).
+
+        Raises:
+            IndexError: a sequence index or frame position out of range.
+        """
+        idx = np.asarray(indices, dtype=np.int64)
+        pos = np.asarray(frame_idx, dtype=np.int64)
+        if pos.ndim != 2 or pos.shape[0] != idx.size:
+            raise IndexError(f"frame_idx must be [{idx.size}, n], got {pos.shape}")
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self.records)):
+            raise IndexError(f"sequence index out of range for a store of {len(self.records)} sequences")
+        starts, lengths = self._starts_lengths()
+        if pos.size and (pos.min() < 0 or (pos >= lengths[idx][:, None]).any()):
+            raise IndexError("frame position out of range for its sequence")
+        flat = (starts[idx][:, None] + pos).reshape(-1)
+        h, w = self.frame_shape
+        return np.asarray(self._frames[flat]).reshape(idx.size, pos.shape[1], h, w)
+
+    def _starts_lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        cached = getattr(self, "_sl_cache", None)
+        if cached is None:
+            cached = (np.array([r.start for r in self.records], dtype=np.int64),
+                      np.array([r.length for r in self.records], dtype=np.int64))
+            self._sl_cache = cached
+        return cached
+
     # -- selection
     def select(
         self,

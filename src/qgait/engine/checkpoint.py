@@ -54,20 +54,77 @@ def load_checkpoint(path: str | Path, required: tuple[str, ...] = ()) -> dict:
 
 
 def save_inference_model(
-    path: str | Path, model: torch.nn.Module, name: str, args: dict, input_size: tuple[int, int], extra: dict | None = None
+    path: str | Path,
+    model: torch.nn.Module,
+    name: str,
+    args: dict,
+    input_size: tuple[int, int],
+    extra: dict | None = None,
+    quant_config: dict | None = None,
 ) -> Path:
-    """Save the weights of an inference model with what rebuilds it (``name``, ``args``, ``input_size``).
+    """Save the weights of an inference model with what rebuilds it (``name``, ``args``, ``input_size`` and,
+    for a quantized model, its ``quant_config``, a :class:`qgait.quant.QuantConfig` as a dict).
 
-    This is the format of ``zoo/`` and of ``qgait evaluate --checkpoint``.
+    This is the format of ``zoo/``, of ``qgait evaluate --checkpoint`` and of ``qgait export``: kind
+    ``qgait-model`` (full precision) or ``qgait-quant-model`` (fake-quantized; the state dict holds the learned
+    step sizes).
     """
     return save_atomic(
         {
-            "kind": "qgait-model",
+            "kind": "qgait-quant-model" if quant_config is not None else "qgait-model",
             "model_name": name,
             "model_args": dict(args),
             "input_size": list(input_size),
+            "quant_config": quant_config,
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             **(extra or {}),
         },
         path,
     )
+
+
+def load_inference_model(path: str | Path, train_model_name: str | None = None,
+                         train_model_args: dict | None = None) -> tuple[torch.nn.Module, dict]:
+    """Rebuild an inference model (eval mode) from a checkpoint.
+
+    Accepts ``model.pt``-style files (kinds ``qgait-model`` and ``qgait-quant-model``: the model is rebuilt,
+    quantized with the saved config and loaded) and training checkpoints (kind ``qgait-train``, whose inference
+    weights are under ``model.``; they need ``train_model_name`` / ``train_model_args``).
+
+    Returns:
+        ``(model, meta)`` where ``meta`` is the checkpoint without its weights (``model_name``, ``model_args``,
+        ``input_size``, ``quant_config``...).
+
+    Raises:
+        CheckpointError: missing or corrupt file, unknown kind, or weights that do not fit the architecture.
+    """
+    from ..models import build_model  # engine sits above models
+
+    ck = load_checkpoint(path)
+    kind = ck.get("kind")
+    if kind in ("qgait-model", "qgait-quant-model"):
+        name, args, state = ck.get("model_name"), ck.get("model_args") or {}, ck.get("state_dict")
+        if not isinstance(name, str) or not isinstance(state, dict):
+            raise CheckpointError(f"{path}: model checkpoint lacks model_name or state_dict")
+    elif kind == "qgait-train":
+        if train_model_name is None:
+            raise CheckpointError(f"{path}: a training checkpoint needs the config that made it")
+        name, args = train_model_name, train_model_args or {}
+        prefix = "model."
+        state = {k[len(prefix):]: v for k, v in ck["model"].items() if k.startswith(prefix)}
+    else:
+        raise CheckpointError(f"{path}: not a qgait model checkpoint (kind={kind!r})")
+    try:
+        model = build_model(name, **args)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from e
+    if kind == "qgait-quant-model":
+        from ..quant import quantize_
+
+        quantize_(model, ck["quant_config"])
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the model: {e}") from e
+    meta = {k: v for k, v in ck.items() if k not in ("state_dict", "model", "optimizer")}
+    return model.eval(), meta

@@ -199,7 +199,7 @@ class Trainer:
                     if writer is not None:
                         for k, v in info.items():
                             writer.add_scalar(f"{self.tag}/{k}", v, self.iteration)
-                        log_file.write(json.dumps({"iteration": self.iteration, **info}) + "\n")
+                        log_file.write(json.dumps({"stage": self.tag, "iteration": self.iteration, **info}) + "\n")
                         log_file.flush()
                 stop = broadcast_flag(self.ctx, self._stop)
                 if self.iteration % self.save_every == 0 or self.iteration == self.iterations or stop:

@@ -149,3 +149,17 @@ class IDCLoss(nn.Module):
             f"pairs={self.pairs}, normalize={self.normalize}, loss={self.loss}, "
             f"huber_delta={self.huber_delta}, weight={self.weight}"
         )
+
+
+class IDCTerm(nn.Module):
+    """IDC as a named-output loss term: consumes ``outputs["embeddings"]`` (quantized model) and
+    ``outputs["fp_embeddings"]`` (frozen FP model), returns ``(L_IDC, {})`` for :class:`qgait.losses.LossSum`
+    (which applies lambda_IDC as the term's weight)."""
+
+    def __init__(self, pairs: Literal["inter", "all"] = "inter", normalize: bool = True,
+                 loss: Literal["mse", "huber"] = "mse", huber_delta: float = 1.0) -> None:
+        super().__init__()
+        self.idc = IDCLoss(pairs=pairs, normalize=normalize, loss=loss, huber_delta=huber_delta, weight=1.0)
+
+    def forward(self, outputs: dict[str, Tensor], labels: Tensor) -> tuple[Tensor, dict]:
+        return self.idc(outputs["embeddings"], outputs["fp_embeddings"], labels), {}

@@ -1,0 +1,222 @@
+"""``qgait quantize``: QGait (methods.md 1) from a full-precision checkpoint.
+
+Calibration of the step sizes on training batches, an optional IDC-only phase (steps + BN statistics),
+stage 1 (LSQ + STE, with IDC) and stage 2 (soft quantizer fine-tune, with IDC), each resumable mid-stage and
+each evaluated with the config's protocol. PTQ (``quant.config.quantizer: ptq``) stops after calibration.
+
+Run folder: ``calib_last.pt`` / ``stage1_last.pt`` / ``stage2_last.pt`` (training checkpoints),
+``stage1_model.pt`` and ``model.pt`` (quantized inference models, kind ``qgait-quant-model``),
+``<stage>_results.json|md``, ``quant_summary.txt``, ``summary.json`` and ``interclass_distances.png``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+from ..config import ExperimentConfig, StageConfig, dump_config
+from ..engine.checkpoint import CheckpointError, load_checkpoint, load_inference_model, save_inference_model
+from ..engine.distributed import DistContext, cleanup, init_distributed
+from ..engine.schedule import lr_at
+from ..engine.trainer import Trainer
+from ..evaluation.distribution import interclass_distances, plot_interclass
+from ..evaluation.extract import extract_embeddings
+from ..evaluation.report import format_comparison, write_results
+from ..evaluation.runner import evaluate_on_store
+from ..losses import LossSum
+from ..losses.idc import IDCTerm
+from ..models import GaitWithHead
+from ..quant import alpha_at, calibrate_, quant_summary, quantize_, set_alpha_, set_rounding_, step_parameters
+from .common import build_losses, build_network, log, open_or_build_store, set_threads, split_subjects
+from .train import make_train_batches
+
+
+def load_fp_network(path: str | Path, cfg: ExperimentConfig, num_classes: int) -> GaitWithHead:
+    """The FP network (inference model + BNNeck head) from a training checkpoint (``last.pt``) or a
+    ``model.pt`` (its ``head_state_dict`` if saved; otherwise the head starts fresh).
+
+    Raises:
+        CheckpointError: missing/corrupt file, or weights that do not fit ``cfg``'s model.
+    """
+    ck = load_checkpoint(path)
+    net = build_network(cfg, num_classes)
+    try:
+        if ck.get("kind") == "qgait-train":
+            net.load_state_dict(ck["model"])
+        elif ck.get("kind") == "qgait-model":
+            net.model.load_state_dict(ck["state_dict"])
+            if net.head is not None and ck.get("head_state_dict"):
+                net.head.load_state_dict(ck["head_state_dict"])
+        else:
+            raise CheckpointError(f"{path}: not a full-precision qgait checkpoint (kind={ck.get('kind')!r})")
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the config's model: {e}") from e
+    return net
+
+
+class FrozenTeacher(nn.Module):
+    """The frozen FP model: ``silhouettes -> {"fp_embeddings": [n, c, p]}`` in eval mode, no gradient."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.model.eval()
+        return {"fp_embeddings": self.model(x).float()}
+
+
+def _losses(cfg: ExperimentConfig, stage: int, has_head: bool, idc_only: bool = False) -> tuple[LossSum, bool]:
+    q = cfg.quant
+    use_idc = q.idc is not None and q.idc.weight > 0 and (idc_only or stage in q.idc.stages)
+    if idc_only:
+        if not use_idc:
+            raise ValueError("the IDC-only calibration phase needs quant.idc with a weight > 0")
+        terms = {}
+    else:
+        base = build_losses(cfg.loss, has_head)
+        terms = {k: (m, base.weights[k]) for k, m in base.terms.items()}
+    if use_idc:
+        i = q.idc
+        terms["idc"] = (IDCTerm(i.pairs, i.normalize, i.loss, i.huber_delta), i.weight)
+    return LossSum(terms), use_idc
+
+
+def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str | Path, progress: bool = True,
+                 fp_results: dict | None = None) -> dict:
+    """QGait from ``fp_checkpoint`` into ``out_dir``; returns ``{stage: {NM, BG, CL, mean}}`` and timings.
+
+    Raises:
+        ValueError: the config has no ``quant`` section.
+        CheckpointError: the FP checkpoint cannot be loaded into the config's model.
+    """
+    if cfg.quant is None:
+        raise ValueError(f"config {cfg.name!r} has no quant section")
+    q = cfg.quant
+    out_dir = Path(out_dir)
+    ctx = init_distributed()
+    set_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+    try:
+        if ctx.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "config.yaml").write_text(yaml.safe_dump(dump_config(cfg), sort_keys=False))
+        store = open_or_build_store(cfg.data, progress and ctx.is_main)
+        split = split_subjects(store, cfg.data)
+        batches = make_train_batches(cfg, store, split.train_subjects, ctx)
+        net = load_fp_network(fp_checkpoint, cfg, batches.num_classes).to(ctx.device)
+        teacher = FrozenTeacher(copy.deepcopy(net.model))
+        quantize_(net.model, q.config)
+        calib = [batches.get(10**6 + i)[0].to(ctx.device) for i in range(q.calibration_batches)]
+        calibrate_(net.model, calib)
+        del calib
+        summary: dict = {"name": cfg.name, "fp_checkpoint": str(fp_checkpoint), "stages": {}, "seconds": {}}
+        size = tuple(cfg.data.input_size)
+
+        def evaluate(stage: str, model: nn.Module) -> dict:
+            path = out_dir / f"{stage}_results.json"
+            if path.is_file():
+                res = json.loads(path.read_text())
+            else:
+                t0 = time.perf_counter()
+                res = evaluate_on_store(model, store, split.test_subjects, size, cfg.eval.protocol, cfg.eval.metric,
+                                        cfg.data.test_max_frames, ctx.device, progress)
+                res["eval_seconds"] = round(time.perf_counter() - t0, 1)
+                res["model"] = f"{cfg.name} {stage}"
+                write_results(res, out_dir, f"{stage}_results")
+            row = {k: v["rank-1"] for k, v in res["sets"].items()} | {"mean": res["mean"]}
+            summary["stages"][stage] = row
+            log(f"{stage}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items()))
+            return row
+
+        def save_model(name: str) -> None:
+            save_inference_model(
+                out_dir / name, net.model, cfg.model.name, cfg.model.args, size,
+                quant_config=q.config.model_dump(mode="json"),
+                extra={"experiment": cfg.name, "head_state_dict": net.head.state_dict() if net.head else None},
+            )
+
+        def trainer(stage_name: str, loss_fn, params, iterations: int, lr_fn, hooks=(), train_mode_fn=None):
+            opt = torch.optim.SGD(params, lr=lr_fn(0), momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
+            return Trainer(
+                net, loss_fn, batches, opt, lr_fn, iterations, out_dir, ctx,
+                log_every=cfg.train.log_every, save_every=cfg.train.save_every, amp=cfg.train.amp,
+                extra_outputs=teacher if "idc" in loss_fn.terms else None, hooks=hooks,
+                train_mode_fn=train_mode_fn, checkpoint_name=f"{stage_name}_last.pt",
+                config=dump_config(cfg), progress=progress, tag=stage_name,
+            )
+
+        if ctx.is_main:
+            (out_dir / "quant_summary.txt").write_text(quant_summary(net.model))
+        if q.config.quantizer == "ptq":
+            if ctx.is_main:
+                save_model("model.pt")
+                evaluate("final", net.model)
+            return summary
+
+        if q.calib_only.iterations:
+            loss_fn, _ = _losses(cfg, 0, net.head is not None, idc_only=True)
+
+            def steps_and_bn_stats(m: nn.Module) -> None:  # BN layers update their running statistics
+                m.train()
+
+            t0 = time.perf_counter()
+            trainer("calib", loss_fn, step_parameters(net.model), q.calib_only.iterations,
+                    lambda it: q.calib_only.lr, train_mode_fn=steps_and_bn_stats).fit()
+            summary["seconds"]["calib"] = round(time.perf_counter() - t0, 1)
+
+        for idx, st in ((1, q.stage1), (2, q.stage2)):
+            if not st.iterations:
+                continue
+            run_stage(idx, st, cfg, net, trainer, summary)
+            if ctx.is_main:
+                save_model("stage1_model.pt" if idx == 1 and q.stage2.iterations else "model.pt")
+                evaluate(f"stage{idx}", net.model)
+        if ctx.is_main:
+            if fp_results is None:
+                fp_results = evaluate("fp", teacher.model)
+            summary["stages"]["fp"] = fp_results
+            if q.plot:
+                models = {"FP": teacher.model}
+                if (out_dir / "stage1_model.pt").is_file():
+                    models["stage 1"] = load_inference_model(out_dir / "stage1_model.pt")[0]
+                models["final"] = net.model
+                gallery = store.select(subjects=split.test_subjects, conditions=["nm-01"])
+                labels = [store.records[i].subject for i in gallery]
+                dists = {
+                    name: interclass_distances(
+                        extract_embeddings(m, store, gallery, size, cfg.data.test_max_frames, ctx.device, False),
+                        labels, cfg.eval.metric)
+                    for name, m in models.items()
+                }
+                plot_interclass(dists, out_dir / "interclass_distances.png", title=cfg.name)
+            (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            print(format_comparison({f"{cfg.name} {k}": v for k, v in summary["stages"].items()}))
+        return summary
+    finally:
+        cleanup(ctx)
+
+
+def run_stage(idx: int, st: StageConfig, cfg: ExperimentConfig, net: GaitWithHead, trainer, summary: dict) -> None:
+    """Train stage ``idx`` (1: LSQ + STE, 2: soft quantizer) with its rounding, lr schedule and alpha schedule."""
+    q = cfg.quant
+    set_rounding_(net.model, st.rounding)
+    hooks = []
+    if st.rounding != "ste":
+        def anneal(it: int, n=st.iterations) -> None:
+            set_alpha_(net.model, alpha_at(q.config.soft, it / max(1, n - 1)))
+
+        hooks.append(anneal)
+    loss_fn, use_idc = _losses(cfg, idx, net.head is not None)
+    t0 = time.perf_counter()
+    trainer(f"stage{idx}", loss_fn, net.parameters(), st.iterations,
+            lambda it: lr_at(it, st.lr, st.milestones, st.gamma), hooks=hooks).fit()
+    summary["seconds"][f"stage{idx}"] = round(time.perf_counter() - t0, 1)
+    summary.setdefault("idc", {})[f"stage{idx}"] = use_idc

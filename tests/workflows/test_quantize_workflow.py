@@ -1,0 +1,95 @@
+"""QGait workflow on real CASIA-B subjects: a short two-stage run completes, evaluates and resumes; W8A8 is
+close to FP on real frames; a quantized checkpoint reloads with identical outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from qgait.config import load_config
+from qgait.data.loader import iter_test_sequences
+from qgait.engine.checkpoint import load_checkpoint, load_inference_model
+from qgait.models import build_model
+from qgait.quant import QuantConfig, calibrate_, quantize_
+from qgait.workflows.quantize import run_quantize
+from qgait.workflows.train import run_train
+
+
+@pytest.fixture(scope="module")
+def fp_run(small_config_file, tmp_path_factory):
+    cfg = load_config(small_config_file)
+    out = tmp_path_factory.mktemp("fp")
+    run_train(cfg, out, progress=False, evaluate=False)
+    return out
+
+
+def quant_overrides(stage1=3, stage2=2):
+    return [
+        "quant.calibration_batches=2",
+        f"quant.stage1={{iterations: {stage1}, lr: 0.01, rounding: ste}}",
+        f"quant.stage2={{iterations: {stage2}, lr: 0.001, rounding: soft_backward}}",
+        "quant.config.weight_bits=4", "quant.config.act_bits=4",
+        "data.test_subjects_limit=2", "train.save_every=1",
+    ]
+
+
+def test_two_stage_qgait_runs_evaluates_and_resumes(small_config_file, fp_run, tmp_path):
+    cfg = load_config(small_config_file, quant_overrides())
+    out = tmp_path / "q"
+    summary = run_quantize(cfg, fp_run / "last.pt", out, progress=False)
+    for stage in ("stage1", "stage2", "fp"):
+        row = summary["stages"][stage]
+        assert set(row) == {"NM", "BG", "CL", "mean"} and 0 <= row["mean"] <= 100
+    assert summary["idc"] == {"stage1": True, "stage2": True}
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in log] == ["stage1"] * 3 + ["stage2"] * 2
+    assert all("loss/idc" in r for r in log)
+    assert (out / "interclass_distances.png").stat().st_size > 1000
+    assert load_checkpoint(out / "model.pt")["kind"] == "qgait-quant-model"
+
+    # extend stage 2 by two iterations: stage 1 is complete (not redone), stage 2 resumes from its checkpoint
+    for f in out.glob("*_results.json"):
+        f.unlink()
+    cfg2 = load_config(small_config_file, quant_overrides(stage2=4))
+    run_quantize(cfg2, fp_run / "last.pt", out, progress=False)
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log if r["stage"] == "stage2"] == [1, 2, 3, 4]
+    assert [r["iteration"] for r in log if r["stage"] == "stage1"] == [1, 2, 3]
+
+
+def test_ptq_calibrates_and_evaluates_without_training(small_config_file, fp_run, tmp_path):
+    cfg = load_config(small_config_file, quant_overrides() + ["quant.config.quantizer=ptq"])
+    summary = run_quantize(cfg, fp_run / "model.pt", tmp_path / "ptq", progress=False)
+    assert "final" in summary["stages"] and "stage1" not in summary["stages"]
+    assert not (tmp_path / "ptq" / "train_log.jsonl").exists()
+
+
+def _real_frames(store, n=3):
+    idx = store.select(subjects=["075"], conditions=["nm-01"])[:n]
+    return [x for _, x in iter_test_sequences(store, idx, size=(32, 22), max_frames=30)]
+
+
+def test_w8a8_embeddings_close_to_fp_on_real_frames_and_reload_identical(small_store, tmp_path):
+    torch.manual_seed(0)
+    args = dict(width=0.25, bins=(8,), embed_dim=64)
+    fp = build_model("gaitbase", **args).eval()
+    q = quantize_(build_model("gaitbase", **args), QuantConfig(weight_bits=8, act_bits=8))
+    q.load_state_dict(fp.state_dict(), strict=False)
+    seqs = _real_frames(small_store)
+    calibrate_(q, seqs)
+    q.eval()
+    with torch.no_grad():
+        cos = [torch.nn.functional.cosine_similarity(fp(x).flatten(), q(x).flatten(), dim=0).item() for x in seqs]
+    assert min(cos) > 0.99, cos
+
+    from qgait.engine.checkpoint import save_inference_model
+
+    path = save_inference_model(tmp_path / "q.pt", q, "gaitbase", args, (32, 22),
+                                quant_config=QuantConfig(weight_bits=8, act_bits=8).model_dump(mode="json"))
+    q2, meta = load_inference_model(path)
+    assert meta["kind"] == "qgait-quant-model"
+    with torch.no_grad():
+        for x in seqs:
+            assert torch.equal(q(x), q2(x))
