@@ -46,7 +46,13 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
 
     cfg = load_config(a.config, a.overrides)
     out = a.output_dir or Path("runs") / cfg.name
-    run_quantize(cfg, getattr(a, "from"), out, progress=not a.quiet)
+    fp_results = None
+    if a.fp_results:
+        import json
+
+        res = json.loads(a.fp_results.read_text())
+        fp_results = {k: v["rank-1"] for k, v in res["sets"].items()} | {"mean": res["mean"]}
+    run_quantize(cfg, getattr(a, "from"), out, progress=not a.quiet, fp_results=fp_results)
     return 0
 
 
@@ -114,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--from", required=True, type=Path, metavar="FP_CKPT",
                    help="full-precision checkpoint: a run's model.pt or last.pt")
+    p.add_argument("--fp-results", type=Path, help="the FP model's results.json (skips re-evaluating the FP model)")
     p.add_argument("--output-dir", type=Path, help="run folder (default: runs/<config name>)")
     p.set_defaults(func=_cmd_quantize)
 

@@ -7,7 +7,9 @@ one conv with weight ``W'[o] = g[o] * W[o]`` and bias ``b'[o] = beta[o] + g[o] *
 For a quantized conv (``qgait.quant.QuantLayer``: weight ``W_int * s`` on a per-channel integer grid) the fold keeps
 the grid: ``W'[o] = (sign(g[o]) * W_int[o]) * (s[o] * |g[o]|)``, integer weights negated where ``g < 0``, step
 ``s' = s * |g|`` (methods.md 1.2: BN is not folded during QAT, it is folded here for export). A weight at ``-Q_N``
-negates to ``Q_N``, one level above the grid's ``Q_P``: it is clamped to ``Q_P`` and counted (``overflow``). A channel
+negates to ``Q_N``, one level above the grid's ``Q_P``: below 8 bits it still fits the int8 container and is kept
+exactly (a negated 4-bit channel holds values in [-7, 8]; the packed 4-bit format stores the sign per channel
+instead); at 8 bits +128 does not fit int8, so it is clamped to 127 and counted (``overflow``). A channel
 with ``g == 0`` outputs the constant ``beta``: its integer weights are set to 0 (its step is kept, so the scale stays
 positive). The layer's input quantizer (the activation grid) is not touched.
 
@@ -176,14 +178,17 @@ def conv_specs(model: nn.Module, example: Tensor) -> dict[str, ConvSpec]:
                 raise FoldError(f"{name}: weight quantizer is disabled; enable it or export the FP model")
             w_int, s = conv.int_weight()
             s = s.double().expand(c_out) if s.dim() == 0 else s.double()
-            sign = torch.sign(g)
-            w = w_int.to(torch.int32) * sign.to(torch.int32).reshape(bshape)
-            overflow = int((w > wq.q_p).sum())
-            w = w.clamp(-wq.q_n, wq.q_p).to(torch.int8)
+            sign = torch.where(g < 0, -1, 1).to(torch.int32)
+            w = (w_int.to(torch.int32) * sign.reshape(bshape)) * (g != 0).to(torch.int32).reshape(bshape)
+            # negation maps the grid [-Q_N, Q_P] to [-Q_P, Q_N]: exact in the int8 container below 8 bits (the
+            # packed 4-bit format stores the per-channel sign, see qgait.export.int4); at 8 bits +128 does not
+            # fit in int8 and is clamped to 127 (counted)
+            overflow = int((w > 127).sum())
+            w = w.clamp(-128, 127).to(torch.int8)
             scale = torch.where(g != 0, s * g.abs(), s).float()
             specs[name] = ConvSpec(
                 name, (w.float() * scale.reshape(bshape)), bias, bn_name, w, scale, wq.bits,
-                _act_spec(conv.input_quantizer, name), overflow,
+                _act_spec(conv.input_quantizer, name), overflow, {"negated_channels": int((g < 0).sum())},
             )
         else:
             weight = (conv.weight.detach().double() * g.reshape(bshape)).float()

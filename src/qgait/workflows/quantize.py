@@ -117,7 +117,12 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
         calib = [batches.get(10**6 + i)[0].to(ctx.device) for i in range(q.calibration_batches)]
         calibrate_(net.model, calib)
         del calib
-        summary: dict = {"name": cfg.name, "fp_checkpoint": str(fp_checkpoint), "stages": {}, "seconds": {}}
+        summary: dict = {
+            "name": cfg.name, "fp_checkpoint": str(fp_checkpoint), "stages": {}, "seconds": {},
+            "bits": f"W{q.config.weight_bits}A{q.config.act_bits}", "quantizer": q.config.quantizer,
+            "iterations": 0 if q.config.quantizer == "ptq"
+            else q.calib_only.iterations + q.stage1.iterations + q.stage2.iterations,
+        }
         size = tuple(cfg.data.input_size)
 
         def evaluate(stage: str, model: nn.Module) -> dict:

@@ -90,7 +90,8 @@ def run_train(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = True, p
             return summary
         model_path = save_inference_model(
             out_dir / "model.pt", net.model, cfg.model.name, cfg.model.args, tuple(cfg.data.input_size),
-            extra={"num_classes": batches.num_classes, "experiment": cfg.name},
+            extra={"num_classes": batches.num_classes, "experiment": cfg.name,
+                   "head_state_dict": net.head.state_dict() if net.head is not None else None},
         )
         summary["model"] = str(model_path)
         if evaluate:

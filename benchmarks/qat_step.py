@@ -1,0 +1,80 @@
+"""QAT training step time relative to FP training, on the same real batch (CPU recipe by default).
+
+For each quantizer (LSQ + STE, soft quantizer backward-only, soft forward) and with IDC (frozen FP teacher
+forward + IDC loss), times forward + backward + SGD step, interleaving the variants so that machine noise
+hits them alike, and prints the median ratio to the FP step.
+
+    python benchmarks/qat_step.py [configs/qgait_w4a4_cpu.yaml] [--steps 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from qgait.config import load_config
+from qgait.engine.distributed import DistContext
+from qgait.losses import LossSum
+from qgait.losses.idc import IDCTerm
+from qgait.quant import calibrate_, quantize_, set_alpha_, set_rounding_
+from qgait.workflows.common import build_losses, build_network, open_or_build_store, split_subjects
+from qgait.workflows.train import make_train_batches
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("config", nargs="?", type=Path, default=REPO / "configs" / "qgait_w4a4_cpu.yaml")
+    ap.add_argument("--steps", type=int, default=10)
+    a = ap.parse_args()
+    cfg = load_config(a.config)
+    store = open_or_build_store(cfg.data, progress=False)
+    split = split_subjects(store, cfg.data)
+    batches = make_train_batches(cfg, store, split.train_subjects, DistContext(0, 1, 0, torch.device("cpu")))
+    x, y = batches.get(0)
+    fp = build_network(cfg, batches.num_classes)
+    teacher = copy.deepcopy(fp.model).eval()
+    base = build_losses(cfg.loss, True)
+    variants = {"FP": (fp, base, None)}
+    for name, rounding in (("LSQ+STE", "ste"), ("soft backward", "soft_backward"), ("soft forward", "soft_forward")):
+        net = copy.deepcopy(fp)
+        quantize_(net.model, cfg.quant.config)
+        calibrate_(net.model, [x])
+        set_rounding_(net.model, rounding)
+        set_alpha_(net.model, 5.0)
+        variants[name] = (net, base, None)
+    idc_loss = LossSum({**{k: (m, base.weights[k]) for k, m in base.terms.items()}, "idc": (IDCTerm(), 1.0)})
+    variants["LSQ+STE+IDC"] = (variants["LSQ+STE"][0], idc_loss, teacher)
+    opts = {k: torch.optim.SGD(v[0].parameters(), lr=1e-4, momentum=0.9) for k, v in variants.items()}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for step in range(a.steps + 1):
+        for name, (net, loss_fn, teach) in variants.items():
+            net.train()
+            t0 = time.perf_counter()
+            out = net(x)
+            if teach is not None:
+                with torch.no_grad():
+                    out["fp_embeddings"] = teach(x)
+            loss, _ = loss_fn(out, y)
+            opts[name].zero_grad()
+            loss.backward()
+            opts[name].step()
+            if step:  # the first round is warm-up
+                times[name].append(time.perf_counter() - t0)
+    fp_med = statistics.median(times["FP"])
+    res = {k: {"median_s": round(statistics.median(v), 3), "ratio_to_fp": round(statistics.median(v) / fp_med, 2)}
+           for k, v in times.items()}
+    res["bits"] = f"W{cfg.quant.config.weight_bits}A{cfg.quant.config.act_bits}"
+    res["threads"] = torch.get_num_threads()
+    print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()

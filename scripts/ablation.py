@@ -1,0 +1,96 @@
+"""Run the QGait ablation (issue 3) on the CPU recipe and write its table.
+
+Every config in ``results/ablation/configs/`` (in the order of ``ORDER``) is run with ``qgait quantize`` from
+the same full-precision checkpoint (default: ``zoo/gaitbase_casiab_cpu/model.pt``) into
+``runs/ablation/<name>/``; its ``summary.json`` is copied to ``results/ablation/<name>.json`` and the table
+``results/ablation/README.md`` is rewritten after each run. Finished runs are skipped, unfinished ones resume
+mid-stage, so the script can be stopped and started again.
+
+    python scripts/ablation.py [--only lsq_w4a4,qgait_w4a4] [--from CKPT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "results" / "ablation"
+ORDER = [
+    "ptq_w8a8", "ptq_w4a4", "lsq_w8a8", "lsq_w4a4", "soft_from_start_w4a4", "two_stage_w4a4", "lsq_idc_w4a4",
+    "qgait_w8a8", "qgait_w4a4", "qgait_w3a3",
+]
+ROWS = {  # what each run is, for the table
+    "ptq_w8a8": "PTQ (MSE calibration) W8A8", "ptq_w4a4": "PTQ (MSE calibration) W4A4",
+    "lsq_w8a8": "LSQ (STE) W8A8", "lsq_w4a4": "LSQ (STE) W4A4",
+    "soft_from_start_w4a4": "soft quantizer from the start W4A4", "two_stage_w4a4": "two-stage, no IDC W4A4",
+    "lsq_idc_w4a4": "LSQ + IDC W4A4", "qgait_w8a8": "QGait (two-stage + IDC) W8A8",
+    "qgait_w4a4": "QGait (two-stage + IDC) W4A4", "qgait_w3a3": "QGait (two-stage + IDC) W3A3",
+}
+
+
+def final_row(summary: dict) -> dict:
+    stages = summary["stages"]
+    for key in ("final", "stage2", "stage1"):
+        if key in stages:
+            return stages[key]
+    raise KeyError("no evaluated stage in summary")
+
+
+def write_table(fp: dict) -> None:
+    lines = ["# QGait ablation on CASIA-B (CPU recipe, test subjects 075-124)", "",
+             "Rank-1 (%) excluding identical views. All runs start from the same full-precision checkpoint",
+             "(`zoo/gaitbase_casiab_cpu/model.pt`) and, except PTQ, train for the same number of iterations.",
+             "Regenerate with `python scripts/ablation.py` (configs in `configs/`, run summaries beside this file).", "",
+             "| method | NM | BG | CL | mean | iterations |", "| --- | --- | --- | --- | --- | --- |",
+             f"| FP32 | {fp['NM']:.1f} | {fp['BG']:.1f} | {fp['CL']:.1f} | {fp['mean']:.1f} | - |"]
+    for name in ORDER:
+        path = RESULTS / f"{name}.json"
+        if not path.is_file():
+            lines.append(f"| {ROWS[name]} | not run yet | | | | |")
+            continue
+        s = json.loads(path.read_text())
+        r = final_row(s)
+        iters = s.get("iterations", "-")
+        lines.append(f"| {ROWS[name]} | {r['NM']:.1f} | {r['BG']:.1f} | {r['CL']:.1f} | {r['mean']:.1f} | {iters} |")
+    (RESULTS / "README.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--from", dest="fp", type=Path, default=REPO / "zoo" / "gaitbase_casiab_cpu" / "model.pt")
+    ap.add_argument("--fp-results", type=Path, default=REPO / "zoo" / "gaitbase_casiab_cpu" / "results.json")
+    ap.add_argument("--only", help="comma-separated run names")
+    ap.add_argument("--runs", type=Path, default=REPO / "runs" / "ablation")
+    a = ap.parse_args()
+    fp_res = json.loads(a.fp_results.read_text())
+    fp = {k: v["rank-1"] for k, v in fp_res["sets"].items()} | {"mean": fp_res["mean"]}
+    names = a.only.split(",") if a.only else ORDER
+    for name in names:
+        out = RESULTS / f"{name}.json"
+        if out.is_file():
+            continue
+        cfg = RESULTS / "configs" / f"{name}.yaml"
+        run_dir = a.runs / name
+        cmd = [sys.executable, "-m", "qgait.cli", "quantize", str(cfg), "--from", str(a.fp), "--output-dir",
+               str(run_dir), "--quiet", "--fp-results", str(a.fp_results)]
+        print("running", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        summary["command"] = f"qgait quantize results/ablation/configs/{name}.yaml --from {a.fp.relative_to(REPO)}"
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(summary, indent=2))
+        png = run_dir / "interclass_distances.png"
+        if png.is_file():
+            shutil.copy(png, RESULTS / f"{name}_interclass_distances.png")
+        write_table(fp)
+    write_table(fp)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
