@@ -84,10 +84,11 @@ def is_quantized_model(model: nn.Module) -> bool:
     return any(isinstance(m, QuantLayer) for m in model.modules())
 
 
-def _example(input_size: Sequence[int], frames: int = 2) -> torch.Tensor:
+def _example(input_size: Sequence[int], n: int = 2, frames: int = 3) -> torch.Tensor:
+    """A binary example input ``[n, frames, h, w]`` (n, frames > 1: torch.export specializes sizes 0 and 1)."""
     h, w = (int(v) for v in input_size)
     g = torch.Generator().manual_seed(0)
-    return (torch.rand(1, frames, h, w, generator=g) > 0.5).float()
+    return (torch.rand(n, frames, h, w, generator=g) > 0.5).float()
 
 
 def _to_onnx(module: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
@@ -124,8 +125,19 @@ def read_qgait_metadata(model: onnx.ModelProto) -> dict:
     return {}
 
 
+def remove_unused_initializers(model: onnx.ModelProto) -> None:
+    """Drop initializers no node reads (in place)."""
+    used = {name for node in model.graph.node for name in node.input}
+    used |= {o.name for o in model.graph.output}
+    keep = [i for i in model.graph.initializer if i.name in used]
+    if len(keep) != len(model.graph.initializer):
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
+
+
 def _finish(model: onnx.ModelProto, path: str | Path, kind: str, input_size, meta: dict) -> ExportReport:
     """Metadata, checks (checker, no BatchNormalization, names), save."""
+    remove_unused_initializers(model)
     meta = {"kind": kind, "input_size": [int(v) for v in input_size], **meta}
     del model.metadata_props[:]
     helper.set_model_props(model, {META_KEY: json.dumps(meta)})
@@ -307,6 +319,51 @@ def insert_requant(model: onnx.ModelProto, qparams: dict[str, tuple[float, int]]
     g.node.extend(new_nodes)
 
 
+def _constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
+    for init in graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            for a in node.attribute:
+                if a.name == "value":
+                    return numpy_helper.to_array(a.t)
+    return None
+
+
+def quantize_conv_biases(model: onnx.ModelProto) -> int:
+    """Store the float bias of every conv with a quantized input and quantized weights as int32 with scale
+    ``s_x * s_w`` (per output channel) behind a ``DequantizeLinear``: the accumulator grid of an integer conv, the
+    form ONNX Runtime's ``QLinearConv`` needs (it would round the bias the same way at load). In place; returns the
+    number of biases converted."""
+    g = model.graph
+    prod = _producers(g)
+    inits = {i.name: i for i in g.initializer}
+    new_nodes: list[onnx.NodeProto] = []
+    done = 0
+    for node in g.node:
+        if node.op_type == "Conv" and len(node.input) == 3 and node.input[2] in inits:
+            px, pw = prod.get(node.input[0]), prod.get(node.input[1])
+            if px is not None and pw is not None and px.op_type == pw.op_type == "DequantizeLinear":
+                sx, sw = _constant(g, px.input[1]), _constant(g, pw.input[1])
+                if sx is not None and sw is not None and sx.size == 1:
+                    bias = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64)
+                    scale = (float(sx) * sw.astype(np.float64).reshape(-1)) * np.ones_like(bias)
+                    q = np.clip(np.round(bias / scale), -(2**31), 2**31 - 1).astype(np.int32)
+                    base = f"{node.input[2]}_int32"
+                    g.initializer.extend([numpy_helper.from_array(q, base),
+                                          numpy_helper.from_array(scale.astype(np.float32), f"{base}_scale")])
+                    new_nodes.append(helper.make_node("DequantizeLinear", [base, f"{base}_scale"], [f"{base}_dq"],
+                                                      name=f"{base}_DQ", axis=0))
+                    node.input[2] = f"{base}_dq"
+                    done += 1
+    if new_nodes:
+        nodes = new_nodes + list(g.node)
+        del g.node[:]
+        g.node.extend(nodes)
+    return done
+
+
 def _qdq_deploy(model: nn.Module, example: torch.Tensor, first_input: str) -> tuple[nn.Module, dict[str, ConvSpec]]:
     first_act = ActSpec(FIRST_INPUT_SCALE, 8, False, 0, 255, learned=False)
 
@@ -370,6 +427,7 @@ def export_qdq(
             insert_requant(proto, qparams)
             requantized = {n: {"range": list(ranges[n]), "scale": qparams[n][0], "zero_point": qparams[n][1]}
                            for n in names}
+    int32_biases = quantize_conv_biases(proto)
     layers = []
     for name, s in specs.items():
         row: dict[str, Any] = {"name": name, "bn": s.bn, "quantized": s.quantized}
@@ -385,6 +443,7 @@ def export_qdq(
         "requantized": requantized,
         "requant_skipped": bool(requant and calib is None),
         "overflow": sum(s.overflow for s in specs.values()),
+        "int32_biases": int32_biases,
         **(meta or {}),
     }
     return _finish(proto, path, "int8-qdq", input_size, info)

@@ -1,6 +1,6 @@
-"""Gait recognition models: GaitBase, GaitSet, their shared blocks and the model registry."""
+"""Gait recognition models: GaitBase, GaitSet, their shared blocks and the model registry (importing the
+model classes registers them)."""
 
-from . import gaitbase, gaitset  # noqa: F401  (register the models)
 from .gaitbase import GaitBase
 from .gaitset import GaitSet
 from .heads import GaitWithHead

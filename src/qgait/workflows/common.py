@@ -100,6 +100,31 @@ def build_optimizer(params, optim: OptimConfig) -> torch.optim.Optimizer:
     return cls(params, lr=optim.lr, weight_decay=optim.weight_decay)
 
 
+def prepare_run(cfg: ExperimentConfig, out_dir: Path, progress: bool):
+    """Start a run: distributed context, threads, seed, ``out_dir/config.yaml`` (rank 0), the store (imported
+    once, by rank 0, while the other ranks wait) and the subject split.
+
+    Returns:
+        ``(ctx, store, split)``; the caller must call :func:`qgait.engine.distributed.cleanup` on ``ctx``.
+    """
+    import yaml
+
+    from ..config import dump_config
+    from ..engine.distributed import init_distributed
+
+    ctx = init_distributed()
+    set_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(dump_config(cfg), sort_keys=False))
+    store = open_or_build_store(cfg.data, progress) if ctx.is_main else None
+    if ctx.distributed:
+        torch.distributed.barrier()
+        store = store or open_or_build_store(cfg.data, False)
+    return ctx, store, split_subjects(store, cfg.data)
+
+
 def set_threads(threads: int | None) -> None:
     if threads:
         torch.set_num_threads(threads)

@@ -17,12 +17,11 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 
 from ..config import ExperimentConfig, StageConfig, dump_config
 from ..engine.checkpoint import CheckpointError, load_checkpoint, load_inference_model, save_inference_model
-from ..engine.distributed import DistContext, cleanup, init_distributed
+from ..engine.distributed import cleanup
 from ..engine.schedule import lr_at
 from ..engine.trainer import Trainer
 from ..evaluation.distribution import interclass_distances, plot_interclass
@@ -33,7 +32,7 @@ from ..losses import LossSum
 from ..losses.idc import IDCTerm
 from ..models import GaitWithHead
 from ..quant import alpha_at, calibrate_, quant_summary, quantize_, set_alpha_, set_rounding_, step_parameters
-from .common import build_losses, build_network, log, open_or_build_store, set_threads, split_subjects
+from .common import build_losses, build_network, log, prepare_run
 from .train import make_train_batches
 
 
@@ -101,15 +100,8 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
         raise ValueError(f"config {cfg.name!r} has no quant section")
     q = cfg.quant
     out_dir = Path(out_dir)
-    ctx = init_distributed()
-    set_threads(cfg.train.threads)
-    torch.manual_seed(cfg.train.seed)
+    ctx, store, split = prepare_run(cfg, out_dir, progress)
     try:
-        if ctx.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / "config.yaml").write_text(yaml.safe_dump(dump_config(cfg), sort_keys=False))
-        store = open_or_build_store(cfg.data, progress and ctx.is_main)
-        split = split_subjects(store, cfg.data)
         batches = make_train_batches(cfg, store, split.train_subjects, ctx)
         net = load_fp_network(fp_checkpoint, cfg, batches.num_classes).to(ctx.device)
         teacher = FrozenTeacher(copy.deepcopy(net.model))

@@ -8,18 +8,17 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from ..config import ExperimentConfig, dump_config
 from ..data.loader import TrainBatches
 from ..data.transforms import GaitAugment
 from ..engine.checkpoint import save_inference_model
-from ..engine.distributed import DistContext, cleanup, init_distributed
+from ..engine.distributed import DistContext, cleanup
 from ..engine.schedule import lr_at
 from ..engine.trainer import Trainer
 from ..evaluation.report import format_cross_view, write_results
 from ..evaluation.runner import evaluate_on_store
-from .common import build_losses, build_network, build_optimizer, log, open_or_build_store, set_threads, split_subjects
+from .common import build_losses, build_network, build_optimizer, log, prepare_run
 
 
 def make_train_batches(cfg: ExperimentConfig, store, subjects, ctx: DistContext) -> TrainBatches:
@@ -52,18 +51,8 @@ def run_train(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = True, p
     Returns a summary dict: wall time, iterations, and the evaluation result (rank-1 per set, mean).
     """
     out_dir = Path(out_dir)
-    ctx = init_distributed()
-    set_threads(cfg.train.threads)
-    torch.manual_seed(cfg.train.seed)
+    ctx, store, split = prepare_run(cfg, out_dir, progress)
     try:
-        if ctx.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / "config.yaml").write_text(yaml.safe_dump(dump_config(cfg), sort_keys=False))
-        store = open_or_build_store(cfg.data, progress and ctx.is_main) if ctx.is_main else None
-        if ctx.distributed:
-            torch.distributed.barrier()
-            store = store or open_or_build_store(cfg.data, False)
-        split = split_subjects(store, cfg.data)
         batches = make_train_batches(cfg, store, split.train_subjects, ctx)
         net = build_network(cfg, batches.num_classes).to(ctx.device)
         if cfg.train.channels_last:
