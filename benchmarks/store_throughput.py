@@ -47,13 +47,16 @@ def main() -> None:
 
         lengths = np.array([r.length for r in store.records])
 
-        def run(read_batch) -> float:
-            n_frames = 0
-            t0 = time.perf_counter()
+        def run(*readers) -> list[float]:
+            """Frames per second of each reader; batches interleaved so machine noise hits them alike."""
+            frames, secs = [0] * len(readers), [0.0] * len(readers)
             for it in range(a.batches):
-                batch = read_batch(sampler.batch(it), np.random.default_rng([0, it]))
-                n_frames += batch.shape[0] * batch.shape[1]
-            return n_frames / (time.perf_counter() - t0)
+                for j, read_batch in enumerate(readers):
+                    t0 = time.perf_counter()
+                    batch = read_batch(sampler.batch(it), np.random.default_rng([0, it]))
+                    secs[j] += time.perf_counter() - t0
+                    frames[j] += batch.shape[0] * batch.shape[1]
+            return [f / t for f, t in zip(frames, secs)]
 
         def from_store(seq, rng):  # what TrainBatches does: one vectorised sample + one gather per batch
             return store.gather_batch(seq, sample_frames_batch(lengths[seq], a.frames, rng))
@@ -65,9 +68,8 @@ def main() -> None:
             arr = load_array(paths[i].read_bytes(), origin=str(paths[i]))
             return arr[sample_frames(len(arr), a.frames, rng)]
 
-        run(from_store)  # warm the page cache for both paths alike
-        run(from_pickles)
-        fps_store, fps_pickle = run(from_store), run(from_pickles)
+        run(from_store, from_pickles)  # warm the page cache for both paths alike
+        fps_store, fps_pickle = run(from_store, from_pickles)
     res = {"subjects": a.subjects, "batches": a.batches, "batch": f"{a.p}x{a.k}x{a.frames}",
            "store_frames_per_s": round(fps_store), "pickle_frames_per_s": round(fps_pickle),
            "speedup": round(fps_store / fps_pickle, 1)}

@@ -9,8 +9,6 @@ import argparse
 import sys
 from pathlib import Path
 
-DEFAULT_CASIA_B = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "casia-b"
-
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", type=Path, help="experiment YAML file (see configs/)")
@@ -154,9 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Import CASIA-B into a store (once), train the CPU recipe, evaluate it on the "
                        "test subjects and print the CASIA-B table.")
     p.add_argument("--quick", action="store_true", help="a few subjects and a few hundred iterations (<10 min)")
-    p.add_argument("--data", type=Path, default=DEFAULT_CASIA_B,
+    p.add_argument("--data", type=Path, default=None,
                    help="CASIA-B in OpenGait format: folder of .pkl sequences or of per-subject .tar.xz archives "
-                   "(default: ../shared/data/casia-b beside the repository)")
+                   "(default: the recipe's, ../shared/data/casia-b beside the repository, imported once into "
+                   "stores/casia-b)")
     p.add_argument("--output-dir", type=Path, default=Path("runs"), help="where the runs go (default: runs/)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_run)
