@@ -34,6 +34,11 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     from .workflows.evaluate import run_evaluate
 
     cfg = load_config(a.config, a.overrides)
+    if a.checkpoint.suffix in (".onnx", ".qgpack"):
+        from .workflows.deploy import evaluate_onnx
+
+        evaluate_onnx(a.checkpoint, cfg=cfg, out_dir=a.output_dir, progress=not a.quiet)
+        return 0
     run_evaluate(cfg, a.checkpoint, a.output_dir, progress=not a.quiet)
     return 0
 
@@ -106,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Embed the test subjects' sequences and print the protocol's rank-1 table "
                        "(CASIA-B: NM/BG/CL excluding identical views, the 11x11 view tables and their mean).")
     _add_config_args(p)
-    p.add_argument("--checkpoint", type=Path, required=True, help="model.pt or a training checkpoint (last.pt)")
+    p.add_argument("--checkpoint", type=Path, required=True, help="model.pt, a training checkpoint (last.pt), or an exported .onnx/.qgpack model (run with ONNX Runtime)")
     p.add_argument("--output-dir", type=Path, help="write results.json and results.md here")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -159,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", type=Path, default=Path("runs"), help="where the runs go (default: runs/)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_run)
+
+    from .cli_deploy import add_deploy_commands
+
+    add_deploy_commands(sub)
     return parser
 
 

@@ -64,6 +64,7 @@ def test_ptq_calibrates_and_evaluates_without_training(small_config_file, fp_run
     summary = run_quantize(cfg, fp_run / "model.pt", tmp_path / "ptq", progress=False)
     assert "final" in summary["stages"] and "stage1" not in summary["stages"]
     assert not (tmp_path / "ptq" / "train_log.jsonl").exists()
+    assert json.loads((tmp_path / "ptq" / "summary.json").read_text())["iterations"] == 0
 
 
 def _real_frames(store, n=3):

@@ -83,5 +83,6 @@ class QDQConv(nn.Module):
         return y
 
     def extra_repr(self) -> str:
-        a = "float" if self.act is None else f"{self.act.bits}-bit {'s' if self.act.signed else 'u'} {self.act.scale:.4g}"
+        a = self.act
+        a = "float" if a is None else f"{a.bits}-bit {'s' if a.signed else 'u'} {a.scale:.4g}"
         return f"w_bits={self.weight_bits}, C_out={self.w_int.shape[0]}, input={a}"

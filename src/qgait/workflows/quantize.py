@@ -152,13 +152,11 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
 
         if ctx.is_main:
             (out_dir / "quant_summary.txt").write_text(quant_summary(net.model))
-        if q.config.quantizer == "ptq":
-            if ctx.is_main:
-                save_model("model.pt")
-                evaluate("final", net.model)
-            return summary
-
-        if q.calib_only.iterations:
+        ptq = q.config.quantizer == "ptq"
+        if ptq and ctx.is_main:  # post-training quantization: calibration only, no training
+            save_model("model.pt")
+            evaluate("final", net.model)
+        if q.calib_only.iterations and not ptq:
             loss_fn, _ = _losses(cfg, 0, net.head is not None, idc_only=True)
 
             def steps_and_bn_stats(m: nn.Module) -> None:  # BN layers update their running statistics
@@ -170,7 +168,7 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
             summary["seconds"]["calib"] = round(time.perf_counter() - t0, 1)
 
         for idx, st in ((1, q.stage1), (2, q.stage2)):
-            if not st.iterations:
+            if not st.iterations or ptq:
                 continue
             run_stage(idx, st, cfg, net, trainer, summary)
             if ctx.is_main:

@@ -1,0 +1,186 @@
+"""ONNX export: FP32 with batch norm folded, int8 QDQ with the learned steps, ORT PTQ; checked on real frames."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from qgait.export import export_onnx, export_qdq, read_qgait_metadata
+from qgait.export.fold import conv_bn_pairs, fold_model
+from qgait.quant import QuantLayer
+
+from .conftest import SIZE, cosines, ort_run
+
+
+def _load(report):
+    return onnx.load(report.path)
+
+
+def _const(model: onnx.ModelProto, name: str) -> np.ndarray:
+    for i in model.graph.initializer:
+        if i.name == name:
+            return numpy_helper.to_array(i)
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.output[0] == name:
+            return numpy_helper.to_array(n.attribute[0].t)
+    raise KeyError(name)
+
+
+def _bn_factor(bn) -> torch.Tensor:
+    return (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()
+
+
+# ------------------------------------------------------------------------------------------------ FP32
+def test_fp32_export_matches_pytorch(exports, fp_model, probes):
+    model = _load(exports["fp32"])
+    onnx.checker.check_model(model, full_check=True)
+    ops = {n.op_type for n in model.graph.node}
+    assert "BatchNormalization" not in ops
+    assert [i.name for i in model.graph.input] == ["silhouettes"]
+    assert [o.name for o in model.graph.output] == ["embeddings"]
+    dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims[2:] == list(SIZE) and isinstance(dims[0], str) and isinstance(dims[1], str)
+    # dynamic T (9 and 17 frames) and batch 2, on real CASIA-B frames
+    for x in probes:
+        ref = fp_model(x).detach().numpy()
+        got = ort_run(exports["fp32"].path, x)
+        assert got.shape == ref.shape == (x.shape[0], 32, 8)
+        assert np.abs(got - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
+
+
+def test_fold_finds_every_conv_bn_pair(fp_model):
+    pairs = conv_bn_pairs(fp_model, torch.rand(2, 3, *SIZE))
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in fp_model.modules())
+    assert len(pairs) == n_bn == 12  # stem + 4 blocks x 2 + 3 downsamples
+    deploy, _ = fold_model(fp_model, torch.rand(2, 3, *SIZE))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in deploy.modules())
+
+
+def test_export_onnx_refuses_quantized_model(w8a8, tmp_path):
+    with pytest.raises(ValueError, match="export_qdq"):
+        export_onnx(w8a8[0], tmp_path / "x.onnx", SIZE)
+
+
+# ------------------------------------------------------------------------------------------------ QDQ
+@pytest.mark.parametrize("key", ["w8a8", "w4a4"])
+def test_qdq_scales_are_the_learned_steps(exports, key, w8a8, w4a4):
+    qmodel = {"w8a8": w8a8, "w4a4": w4a4}[key][0]
+    model = _load(exports[key])
+    onnx.checker.check_model(model, full_check=True)
+    assert "BatchNormalization" not in {n.op_type for n in model.graph.node}
+    prod = {o: n for n in model.graph.node for o in n.output}
+    inits = {i.name for i in model.graph.initializer}
+    mods = dict(qmodel.named_modules())
+    pairs = conv_bn_pairs(qmodel, torch.rand(2, 3, *SIZE))
+    meta = read_qgait_metadata(model)
+    assert meta["kind"] == "int8-qdq" and meta["input_size"] == list(SIZE)
+    checked_act = overflow = 0
+    for node in (n for n in model.graph.node if n.op_type == "Conv"):
+        wdq = prod[node.input[1]]
+        assert wdq.op_type == "DequantizeLinear"
+        w_name = wdq.input[0]
+        assert w_name in inits and w_name.endswith(".w_int")
+        layer_name = w_name[: -len(".w_int")]
+        layer = mods[layer_name]
+        assert isinstance(layer, QuantLayer)
+        w_int = _const(model, w_name)
+        assert w_int.dtype == np.int8
+        # weight scale = learned step x |BN factor| (per output channel, axis 0)
+        g = _bn_factor(mods[pairs[layer_name]]) if layer_name in pairs else torch.ones(layer.out_channels)
+        np.testing.assert_allclose(_const(model, wdq.input[1]), (layer.weight_quantizer.scale * g.abs()).numpy(),
+                                   rtol=1e-6)
+        # integer weights: the layer's own, negated where the BN factor is negative (at 8 bits a negated -128
+        # does not fit int8: clamped to 127 and counted in the metadata)
+        ref_int, _ = layer.int_weight()
+        sign = torch.where(g < 0, -1, 1).reshape(-1, *[1] * (ref_int.dim() - 1))
+        expect = ref_int.int() * sign
+        np.testing.assert_array_equal(w_int.astype(np.int32), expect.clamp(-128, 127).numpy())
+        row = next(r for r in meta["layers"] if r["name"] == layer_name)
+        assert row["overflow"] == int((expect > 127).sum())
+        overflow += row["overflow"]
+        q = layer.weight_quantizer
+        assert w_int.min() >= -q.q_p - 1 and w_int.max() <= q.q_n  # the (possibly negated) grid, e.g. [-8, 8]
+        # activation: QuantizeLinear -> [Clip] -> DequantizeLinear with the learned step
+        xdq = prod[node.input[0]]
+        if layer.input_quantizer is None:
+            continue  # the exact first layer (quantized at 1/255 by first_input="uint8")
+        assert xdq.op_type == "DequantizeLinear"
+        a = layer.input_quantizer
+        np.testing.assert_allclose(float(_const(model, xdq.input[1])), float(a.scale), rtol=1e-7)
+        zp = _const(model, xdq.input[2])
+        assert zp.dtype == (np.int8 if a.is_signed else np.uint8) and int(zp) == 0
+        src = prod[xdq.input[0]]
+        if a.bits < 8:
+            assert src.op_type == "Clip"
+            assert (int(_const(model, src.input[1])), int(_const(model, src.input[2]))) == (-a.q_n, a.q_p)
+            src = prod[src.input[0]]
+        assert src.op_type == "QuantizeLinear"
+        np.testing.assert_allclose(float(_const(model, src.input[1])), float(a.scale), rtol=1e-7)
+        checked_act += 1
+    assert checked_act == 12  # every conv but the exact first one has a learned input quantizer
+    assert meta["overflow"] == overflow and (overflow == 0 or key == "w8a8")  # below 8 bits nothing is clamped
+
+
+def test_qdq_w8a8_matches_fake_quant(exports, w8a8, probes):
+    qmodel = w8a8[0]
+    for x in probes:  # T = 9, 17 and a batch of 2: dynamic axes
+        ref = qmodel(x).detach()
+        got = ort_run(exports["w8a8"].path, x)
+        assert got.shape == tuple(ref.shape)
+        cos = cosines(got, ref)
+        assert float(cos.mean()) >= 0.999, cos
+
+
+def test_qdq_w4a4_matches_fake_quant(exports, w4a4, probes):
+    # at 4 bits the int32 bias of an integer conv (rounded to s_x * s_w) and ORT's integer requantization move
+    # a few activations across a 4-bit decision threshold: close, not bit-exact (docs/deployment.md)
+    qmodel = w4a4[0]
+    cos = torch.cat([cosines(ort_run(exports["w4a4"].path, x), qmodel(x).detach()) for x in probes])
+    assert float(cos.mean()) >= 0.98, cos
+
+
+def test_qdq_without_requant_is_exact_semantics(w8a8, probes, tmp_path):
+    r = export_qdq(w8a8[0], tmp_path / "exact.onnx", SIZE, first_input="float", requant=True, calib=None)
+    assert r.details["requantized"] == {} and r.details["requant_skipped"]
+    for x in probes[:1]:
+        assert float(cosines(ort_run(r.path, x), w8a8[0](x).detach()).min()) >= 0.9999
+
+
+def test_ort_runs_the_qdq_graph_on_int8_kernels(exports, tmp_path):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(exports["w8a8"].path, so, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    # all 12 backbone convs fused into QLinearConv; only the per-part FC (embedding output) stays a float Conv
+    assert ops.count("QLinearConv") == 12
+    assert ops.count("Conv") + ops.count("FusedConv") == 1
+
+
+def test_ort_ptq_quantizes_every_conv(fp_model, calib, probes, tmp_path):
+    from qgait.export.ort_ptq import quantize_onnx
+
+    fp = export_onnx(fp_model, tmp_path / "fp.onnx", SIZE)
+    r = quantize_onnx(fp.path, tmp_path / "ptq.onnx", calib)
+    assert r.kind == "int8-ptq" and r.details["quantized_convs"] == 13  # per-part FC (grouped Conv1d) included
+    assert r.bytes < fp.bytes
+    cos = torch.cat([cosines(ort_run(r.path, x), fp_model(x).detach()) for x in probes])
+    assert float(cos.mean()) >= 0.99
+
+
+def test_pt2e_learned_steps_match_fake_quant_and_lower_to_int8(w8a8, probes):
+    from qgait.export.pt2e import lowered_ops, pt2e_from_quantized
+
+    gm = pt2e_from_quantized(w8a8[0], SIZE)
+    text = str(gm.graph)
+    assert "quantize_per_tensor" in text and "dequantize_per_channel" in text
+    with torch.no_grad():
+        for x in probes:
+            assert float(cosines(gm(x), w8a8[0](x)).min()) >= 0.9999
+    # inductor turns every dequantize -> conv (12 backbone convs and the per-part FC) into a oneDNN int8 conv
+    assert lowered_ops(gm, probes[0]) == {"onednn.qconv_pointwise": 13}
