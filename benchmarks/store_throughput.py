@@ -39,7 +39,7 @@ def main() -> None:
         for s in subjects:
             with tarfile.open(a.data / f"{s}.tar.xz", "r:xz") as tf:
                 tf.extractall(tmp / "pkl", filter="data")
-        build_store(tmp / "pkl", tmp / "store", progress=False)
+        build_store(tmp / "pkl", tmp / "store", progress=False, cut_width=True)  # as the recipes store it
         store = SequenceStore.open(tmp / "store")
         paths = [tmp / "pkl" / r.subject / r.condition / r.view / f"{r.view}.pkl" for r in store.records]
         labels, _ = store.labels_for(range(len(store)))
@@ -51,9 +51,10 @@ def main() -> None:
             """Frames per second of each reader; batches interleaved so machine noise hits them alike."""
             frames, secs = [0] * len(readers), [0.0] * len(readers)
             for it in range(a.batches):
+                seq = sampler.batch(it)  # the same sequences for both readers, chosen outside the timing
                 for j, read_batch in enumerate(readers):
                     t0 = time.perf_counter()
-                    batch = read_batch(sampler.batch(it), np.random.default_rng([0, it]))
+                    batch = read_batch(seq, np.random.default_rng([0, it]))
                     secs[j] += time.perf_counter() - t0
                     frames[j] += batch.shape[0] * batch.shape[1]
             return [f / t for f, t in zip(frames, secs)]

@@ -64,7 +64,7 @@ def _cmd_data_import(a: argparse.Namespace) -> int:
 
     subjects = a.subjects.split(",") if a.subjects else None
     summary = build_store(a.src, a.dest, subjects=subjects, skip_bad=a.skip_bad, progress=not a.quiet,
-                          overwrite=a.overwrite)
+                          overwrite=a.overwrite, cut_width=a.cut_width)
     print(summary)
     return 0
 
@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--subjects", help="comma-separated subject ids to import (default: all)")
     q.add_argument("--skip-bad", action="store_true", help="skip unreadable or malformed sequences, list them")
     q.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    q.add_argument("--cut-width", action="store_true",
+                   help="store 64x64 frames cut to 64x44 (10 px off each side, as training and test read them): "
+                   "31%% fewer bytes per batch")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=_cmd_data_import)
     q = dsub.add_parser("pretreat", help="pretreat raw silhouette PNGs into a store (OpenGait recipe)",

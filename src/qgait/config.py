@@ -39,6 +39,7 @@ class DataConfig(_Strict):
 
     source: Path | None = Field(None, description="OpenGait-format folder or folder of per-subject .tar.xz archives")
     store: Path = Field(..., description="packed store; built from `source` on first use if missing")
+    store_cut_width: bool = Field(True, description="a store built here keeps frames cut to 64x44 (as read)")
     partition: str = Field("casia-b", description="built-in partition name or a partition JSON path")
     train_subjects_limit: int | None = Field(None, ge=2, description="use only the first N training subjects")
     test_subjects_limit: int | None = Field(None, ge=2, description="use only the first N test subjects")

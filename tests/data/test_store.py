@@ -261,3 +261,16 @@ def test_gather_batch_equals_per_sequence_gather(real_store):
         assert np.array_equal(got[j], real_store.gather(int(i), pos[j]))
     with pytest.raises(IndexError):
         real_store.gather_batch(seq[:1], np.array([[real_store.records[0].length]]))
+
+
+def test_cut_width_store_holds_the_cut_frames(casia_b, tmp_path):
+    from qgait.data.sources import iter_sequences
+
+    summary = build_store(casia_b, tmp_path / "s44", subjects=["075"], progress=False, cut_width=True)
+    store = SequenceStore.open(tmp_path / "s44")
+    assert store.frame_shape == (64, 44) and summary.n_frames == store.n_frames
+    assert store.meta["cut_width"] is True
+    for j, seq in enumerate(iter_sequences(casia_b, subjects=["075"])):
+        if j in (0, 57):
+            i = store.select(subjects=[seq.key.subject], conditions=[seq.key.condition], views=[seq.key.view])[0]
+            assert np.array_equal(store.frames(i), seq.frames[:, :, 10:54])

@@ -24,6 +24,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import warnings
+
 import numpy as np
 
 from .errors import BadSequenceError
@@ -162,14 +164,18 @@ class StoreWriter:
         dest: the store folder to create.
         source: a description of the source (path), recorded in ``meta.json``.
         overwrite: replace ``dest`` if it is already a store.
+        cut_width: store 64-wide frames cut to 44 (10 px off each side), as training and test read them
+            (gait-protocols.md); 44-wide frames are kept as they are. Saves 31% of the bytes every batch
+            copies. ``meta.json`` records it.
 
     Raises:
         FileExistsError: ``dest`` is a complete store and ``overwrite`` is False, or ``dest`` exists and is
             not a store folder (never deleted).
     """
 
-    def __init__(self, dest: str | Path, source: str = "", overwrite: bool = False) -> None:
+    def __init__(self, dest: str | Path, source: str = "", overwrite: bool = False, cut_width: bool = False) -> None:
         self.dest = Path(dest)
+        self.cut_width = bool(cut_width)
         self.source = str(source)
         self.overwrite = overwrite
         self._check_dest()
@@ -256,6 +262,8 @@ class StoreWriter:
         if self._closed:
             raise ValueError(f"{self.dest}: writer already closed")
         origin = str(key) if origin is None else origin
+        if self.cut_width and isinstance(frames, np.ndarray) and frames.ndim == 3 and frames.shape[2] == 64:
+            frames = frames[:, :, 10:54]
         self.check(frames, origin)
         if key in self._keys:
             raise ValueError(f"{origin}: sequence {key} added twice")
@@ -300,6 +308,7 @@ class StoreWriter:
             "n_sequences": len(self._records),
             "n_subjects": len(self.subjects),
             "source": self.source,
+            "cut_width": self.cut_width,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         })
         _fsync_dir(self.partial)
@@ -341,6 +350,7 @@ def build_store(
     skip_bad: bool = False,
     progress: bool = True,
     overwrite: bool = False,
+    cut_width: bool = False,
 ) -> ImportSummary:
     """Import an OpenGait dataset (folder or ``.tar.xz`` archives, see :func:`~qgait.data.sources.iter_sequences`)
     into a packed store at ``dest``.
@@ -354,6 +364,7 @@ def build_store(
         skip_bad: skip bad items (listed in the summary) instead of failing on the first one.
         progress: show a tqdm progress bar (sequences, with the current subject).
         overwrite: replace an existing store at ``dest``.
+        cut_width: cut 64-wide frames to 44 at import (see :class:`StoreWriter`).
 
     Returns:
         An :class:`ImportSummary`.
@@ -369,7 +380,7 @@ def build_store(
 
     t0 = time.perf_counter()
     skipped: list[tuple[str, str]] = []
-    with StoreWriter(dest, source=str(Path(src).resolve()), overwrite=overwrite) as writer:
+    with StoreWriter(dest, source=str(Path(src).resolve()), overwrite=overwrite, cut_width=cut_width) as writer:
         bar = tqdm(desc="import", unit="seq", disable=not progress, dynamic_ncols=True)
         try:
             for seq in iter_sequences(src, subjects=subjects, skip_bad=skip_bad, skipped=skipped):
@@ -587,8 +598,16 @@ class SequenceStore:
             raise IndexError("frame position out of range for its sequence")
         flat = (starts[idx][:, None] + pos).reshape(-1)
         h, w = self.frame_shape
-        # np.take on a plain ndarray view of the map: 3x faster than fancy indexing the memmap subclass
-        return np.take(self._frames.view(np.ndarray), flat, axis=0).reshape(idx.size, pos.shape[1], h, w)
+        # torch's index_select over the map (zero-copy view) is 2.5-5x faster than numpy fancy indexing here
+        import torch
+
+        frames = getattr(self, "_torch_frames", None)
+        if frames is None:
+            with warnings.catch_warnings():  # the map is read-only; index_select only reads it
+                warnings.simplefilter("ignore", UserWarning)
+                frames = self._torch_frames = torch.from_numpy(self._frames.view(np.ndarray))
+        out = frames.index_select(0, torch.from_numpy(flat)).numpy()
+        return out.reshape(idx.size, pos.shape[1], h, w)
 
     def _starts_lengths(self) -> tuple[np.ndarray, np.ndarray]:
         cached = getattr(self, "_sl_cache", None)

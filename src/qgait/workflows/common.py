@@ -33,7 +33,8 @@ def open_or_build_store(data: DataConfig, progress: bool = True) -> SequenceStor
     if data.source is None:
         raise FileNotFoundError(f"{data.store}: no store there and no data.source to import it from")
     log(f"importing {data.source} -> {data.store} (once)")
-    summary = build_store(data.source, data.store, skip_bad=data.skip_bad, progress=progress)
+    summary = build_store(data.source, data.store, skip_bad=data.skip_bad, progress=progress,
+                          cut_width=data.store_cut_width)
     log(str(summary))
     return SequenceStore.open(data.store)
 
