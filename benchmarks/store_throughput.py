@@ -45,7 +45,7 @@ def main() -> None:
         labels, _ = store.labels_for(range(len(store)))
         sampler = TripletSampler(labels, a.p, a.k, seed=0)
 
-        lengths = np.array([r.length for r in store.records])
+        lengths = store.lengths
 
         def run(*readers) -> list[float]:
             """Frames per second of each reader; batches interleaved so machine noise hits them alike."""

@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from qgait.evaluation.report import rank1_row
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results" / "ablation"
 ORDER = [
@@ -68,7 +70,7 @@ def main() -> int:
     ap.add_argument("--runs", type=Path, default=REPO / "runs" / "ablation")
     a = ap.parse_args()
     fp_res = json.loads(a.fp_results.read_text())
-    fp = {k: v["rank-1"] for k, v in fp_res["sets"].items()} | {"mean": fp_res["mean"]}
+    fp = rank1_row(fp_res)
     names = a.only.split(",") if a.only else ORDER
     for name in names:
         out = RESULTS / f"{name}.json"

@@ -53,8 +53,10 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     if a.fp_results:
         import json
 
+        from .evaluation.report import rank1_row
+
         res = json.loads(a.fp_results.read_text())
-        fp_results = {k: v["rank-1"] for k, v in res["sets"].items()} | {"mean": res["mean"]}
+        fp_results = rank1_row(res)
     run_quantize(cfg, getattr(a, "from"), out, progress=not a.quiet, fp_results=fp_results)
     return 0
 

@@ -85,7 +85,6 @@ class TrainBatches:
         self.frames, self.size, self.augment = int(frames), (int(size[0]), int(size[1])), augment
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.batch_size = p * k // world_size
-        self._lengths = np.array([r.length for r in store.records], dtype=np.int64)
         self.prefetch = bool(prefetch)
         self._pool: ThreadPoolExecutor | None = None
         self._pending: tuple[int, Future] | None = None
@@ -124,7 +123,7 @@ class TrainBatches:
         local = shard(self.sampler.batch(iteration), self.rank, self.world_size)
         seq = self.indices[local]
         rng = np.random.default_rng([self.seed, iteration, 1, self.rank])
-        raw = self.store.gather_batch(seq, sample_frames_batch(self._lengths[seq], self.frames, rng))
+        raw = self.store.gather_batch(seq, sample_frames_batch(self.store.lengths[seq], self.frames, rng))
         x = to_model_input(torch.from_numpy(raw), self.size)
         if self.augment is not None:
             x = self.augment(x, torch.Generator().manual_seed(augment_seed(self.seed, iteration, self.rank)))

@@ -609,6 +609,11 @@ class SequenceStore:
         out = frames.index_select(0, torch.from_numpy(flat)).numpy()
         return out.reshape(idx.size, pos.shape[1], h, w)
 
+    @property
+    def lengths(self) -> np.ndarray:
+        """Frames per sequence, int64 ``[len(store)]`` (cached)."""
+        return self._starts_lengths()[1]
+
     def _starts_lengths(self) -> tuple[np.ndarray, np.ndarray]:
         cached = getattr(self, "_sl_cache", None)
         if cached is None:

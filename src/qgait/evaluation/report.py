@@ -44,6 +44,11 @@ def _require(result: Any, keys: tuple[str, ...], what: str) -> None:
         raise ValueError(f"not a {what} result: missing keys {missing}")
 
 
+def rank1_row(result: Mapping) -> dict[str, float]:
+    """The headline of a cross-view result: ``{set name: rank-1, ..., "mean": mean}`` (percent)."""
+    return {k: v["rank-1"] for k, v in result["sets"].items()} | {"mean": result["mean"]}
+
+
 def format_cross_view(result: Mapping) -> str:
     """Markdown report of a cross-view result.
 

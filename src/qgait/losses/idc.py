@@ -40,6 +40,15 @@ def pairwise_distances(emb: Tensor) -> Tensor:
     return torch.cdist(x, x, p=2.0, compute_mode="donot_use_mm_for_euclid_dist")
 
 
+def _check_options(pairs: str, loss: str, huber_delta: float) -> None:
+    if pairs not in ("inter", "all"):
+        raise ValueError(f"pairs must be 'inter' or 'all', got {pairs!r}")
+    if loss not in ("mse", "huber"):
+        raise ValueError(f"loss must be 'mse' or 'huber', got {loss!r}")
+    if not huber_delta > 0:
+        raise ValueError(f"huber_delta must be > 0, got {huber_delta}")
+
+
 def idc_loss(
     emb_q: Tensor,
     emb_f: Tensor,
@@ -73,12 +82,7 @@ def idc_loss(
         raise ValueError(f"emb_q and emb_f must both be [n, c, p]; got {tuple(emb_q.shape)}, {tuple(emb_f.shape)}")
     if labels.dim() != 1 or labels.shape[0] != emb_q.shape[0]:
         raise ValueError(f"labels must be [n={emb_q.shape[0]}], got {tuple(labels.shape)}")
-    if pairs not in ("inter", "all"):
-        raise ValueError(f"pairs must be 'inter' or 'all', got {pairs!r}")
-    if loss not in ("mse", "huber"):
-        raise ValueError(f"loss must be 'mse' or 'huber', got {loss!r}")
-    if not huber_delta > 0:
-        raise ValueError(f"huber_delta must be > 0, got {huber_delta}")
+    _check_options(pairs, loss, huber_delta)
 
     dt = emb_q.dtype if emb_q.dtype == torch.float64 else torch.float32
     n = emb_q.shape[0]
@@ -128,12 +132,7 @@ class IDCLoss(nn.Module):
         weight: float = 1.0,
     ) -> None:
         super().__init__()
-        if pairs not in ("inter", "all"):
-            raise ValueError(f"pairs must be 'inter' or 'all', got {pairs!r}")
-        if loss not in ("mse", "huber"):
-            raise ValueError(f"loss must be 'mse' or 'huber', got {loss!r}")
-        if not huber_delta > 0:
-            raise ValueError(f"huber_delta must be > 0, got {huber_delta}")
+        _check_options(pairs, loss, huber_delta)
         if not weight >= 0:
             raise ValueError(f"weight must be >= 0, got {weight}")
         self.pairs, self.normalize, self.loss = pairs, bool(normalize), loss

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..engine.checkpoint import load_inference_model
+from ..evaluation.report import rank1_row
 from .common import log
 
 __all__ = [
@@ -151,7 +152,7 @@ def _cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _summary(res: dict) -> dict:
-    return {**{k: v["rank-1"] for k, v in res["sets"].items()}, "mean": res["mean"]}
+    return rank1_row(res)
 
 
 def parity_check(

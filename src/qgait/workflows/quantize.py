@@ -26,7 +26,7 @@ from ..engine.schedule import lr_at
 from ..engine.trainer import Trainer
 from ..evaluation.distribution import interclass_distances, plot_interclass
 from ..evaluation.extract import extract_embeddings
-from ..evaluation.report import format_comparison, write_results
+from ..evaluation.report import format_comparison, rank1_row, write_results
 from ..evaluation.runner import evaluate_on_store
 from ..losses import LossSum
 from ..losses.idc import IDCTerm
@@ -128,7 +128,7 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
                 res["eval_seconds"] = round(time.perf_counter() - t0, 1)
                 res["model"] = f"{cfg.name} {stage}"
                 write_results(res, out_dir, f"{stage}_results")
-            row = {k: v["rank-1"] for k, v in res["sets"].items()} | {"mean": res["mean"]}
+            row = rank1_row(res)
             summary["stages"][stage] = row
             log(f"{stage}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items()))
             return row

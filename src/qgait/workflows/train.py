@@ -16,7 +16,7 @@ from ..engine.checkpoint import save_inference_model
 from ..engine.distributed import DistContext, cleanup
 from ..engine.schedule import lr_at
 from ..engine.trainer import Trainer
-from ..evaluation.report import format_cross_view, write_results
+from ..evaluation.report import format_cross_view, rank1_row, write_results
 from ..evaluation.runner import evaluate_on_store
 from .common import build_losses, build_network, build_optimizer, log, prepare_run
 
@@ -39,7 +39,7 @@ def periodic_evaluator(cfg: ExperimentConfig, store, test_subjects, ctx: DistCon
             net.model, store, subjects, tuple(cfg.data.input_size), cfg.eval.protocol, cfg.eval.metric,
             cfg.data.test_max_frames, ctx.device, progress=False,
         )
-        return {k: v["rank-1"] for k, v in res["sets"].items()} | {"mean": res["mean"]}
+        return rank1_row(res)
 
     return evaluate
 
@@ -93,7 +93,7 @@ def run_train(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = True, p
             res["eval_seconds"] = round(time.perf_counter() - t1, 1)
             res["model"] = f"{cfg.name} (FP32)"
             write_results(res, out_dir, "results")
-            summary["eval"] = {k: v["rank-1"] for k, v in res["sets"].items()} | {"mean": res["mean"]}
+            summary["eval"] = rank1_row(res)
             print(format_cross_view(res))
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
