@@ -35,12 +35,27 @@ Cost: the fake quantizer is one ``torch.autograd.Function`` with the closed-form
 its input (which the previous layer keeps alive anyway) and recomputes ``u`` in the backward, where plain
 autograd through div/clamp/round/mul saves two full-size intermediates (see ``tests/quant/bench_fake_quant.py``).
 It compiles under ``torch.compile`` without graph breaks.
+
+Fused kernels: in eager mode the elementwise math of the forward and of the backward (with the step-gradient
+reduction) runs as one ``torch.compile`` (inductor) kernel each, instead of about 4 (forward) and 8-15
+(backward) separate full-size passes that each allocate a tensor: the same formulas (the ``_*_math`` functions
+below are the single source of both paths), so the hard-rounding forward is bit-identical and gradients agree
+to float rounding (the kernels evaluate ``exp``/``tanh`` with vectorised libm and sum in a different order).
+Used for float32 tensors of at least ``COMPILE_MIN_NUMEL`` elements, outside ``torch.compile``/tracing/export and
+when no graph is being recorded through the quantizer (``create_graph``); everything else, and every case where
+compilation is unavailable or fails (one warning, then eager for the rest of the process), runs the eager code.
+Disable with the environment variable ``QGAIT_COMPILE_QUANT=0`` or :func:`set_compiled_kernels`. The first use
+of each kernel compiles it (seconds to a minute on a busy CPU; inductor caches it on disk for later processes);
+shapes are dynamic (inputs are flattened to ``[N]`` per tensor and ``[pre, C, post]`` per channel), so a new
+batch or layer size does not recompile.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+import os
+import warnings
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor, nn
@@ -59,6 +74,9 @@ __all__ = [
     "calibrate_step",
     "ActObserver",
     "LSQQuantizer",
+    "COMPILE_MIN_NUMEL",
+    "set_compiled_kernels",
+    "compiled_kernels_enabled",
 ]
 
 ALPHA_MIN = 1e-4
@@ -119,12 +137,34 @@ def soft_round_derivative(u: Tensor, alpha: float | Tensor) -> Tensor:
 
 
 def _soft_round_value(u: Tensor, alpha: float | Tensor) -> Tensor:
+    """``softround_alpha(u)`` (module docstring), computed in float32 (float64 kept). Shape: same as ``u``."""
     dt = _compute_dtype(u)
     u = u.to(dt)
     a = _alpha_tensor(alpha, u).to(dt)
     n = torch.floor(u)
     r = u - n - 0.5
     return n + 0.5 + 0.5 * torch.tanh(a * r) / torch.tanh(a / 2.0)
+
+
+# The two functions below are the same operations in the same order as soft_round_derivative / _soft_round_value
+# (bit-identical results), in place on their own temporaries: fewer full-size allocations in eager mode. For the
+# quantizer's forward/backward only, where autograd records nothing (in-place ops would break a recorded graph).
+def _soft_derivative_math(u: Tensor, a: Tensor) -> Tensor:
+    """:func:`soft_round_derivative` for ``a`` already clamped and in ``u``'s dtype; a new tensor (``u`` untouched).
+
+    ``sech^2(z) = 4 e / (1 + e)^2`` with ``e = exp(-2|z|)`` (no overflow); two full-size allocations in eager mode.
+    """
+    coef = a / (2.0 * torch.tanh(a / 2.0))
+    e = (u - torch.floor(u)).sub_(0.5).mul_(a).abs_().mul_(-2.0).exp_()  # exp(-2 |a r|)
+    den = (e + 1.0).square_()
+    return e.mul_(4.0).div_(den).mul_(coef)
+
+
+def _soft_value_math(u: Tensor, a: Tensor) -> Tensor:
+    """``n + 0.5 + 0.5 tanh(a r) / tanh(a/2)`` for ``a`` already clamped and in ``u``'s dtype; a new tensor."""
+    n = torch.floor(u)
+    t = (u - n).sub_(0.5).mul_(a).tanh_()  # tanh(a r)
+    return t.mul_(0.5).div_(torch.tanh(a / 2.0)).add_(n.add_(0.5))
 
 
 class _RoundSTE(torch.autograd.Function):
@@ -217,11 +257,161 @@ def _bshape(x: Tensor, ch_axis: int | None) -> list[int]:
 _MODE = {"ste": 0, "soft_backward": 1, "soft_forward": 2}
 
 
+def _lsq_forward_math(x: Tensor, s: Tensor, a: Tensor, lo: float, hi: float, soft: bool) -> Tensor:
+    """``R(clip(x/s, lo, hi)) * s``; ``s`` broadcasts against ``x``, ``R`` = round or softround_a. A new tensor."""
+    u = (x / s).clamp_(lo, hi)
+    q = _soft_value_math(u, a) if soft else u.round_()
+    return q.mul_(s)
+
+
+def _lsq_grad_math(x: Tensor, s: Tensor, a: Tensor, g: Tensor, lo: float, hi: float, mode: int):
+    """Closed-form LSQ gradients (module docstring): ``(dL/dx, dx_q/ds)``, both of ``x``'s shape (elementwise).
+
+    ``mode``: 0 ste, 1 soft_backward, 2 soft_forward. ``u`` and the ``inside`` mask are computed once; the
+    temporaries are reused in place.
+    """
+    v = x / s
+    u = v.clamp(lo, hi)
+    inside = u == v  # lo <= v <= hi
+    del v
+    if mode == 0:
+        grad_x = g * inside
+        # dx_q/ds: round(u) - u inside; lo below, hi above (there u = round(u) = the clip bound)
+        ds = torch.where(inside, torch.round(u).sub_(u), u)
+    else:
+        du = _soft_derivative_math(u, a).mul_(inside)
+        grad_x = g * du
+        q = _soft_value_math(u, a) if mode == 2 else torch.round(u)
+        ds = q.sub_(u.mul_(du))  # R(u) - u R'(u) inside; R(u) = the clip bound outside
+    return grad_x, ds
+
+
+# ---------------------------------------------------------------- fused (torch.compile) kernels
+COMPILE_MIN_NUMEL = 1 << 16
+"""Tensors with fewer elements run the eager code (a kernel call costs more than it saves on small tensors)."""
+_COMPILE_ENV = "QGAIT_COMPILE_QUANT"
+_compile_state = {"enabled": os.environ.get(_COMPILE_ENV, "1").strip().lower() not in ("0", "false", "no", "off"),
+                  "failed": False}
+_kernels: dict[str, Callable] = {}
+
+
+def set_compiled_kernels(enabled: bool) -> None:
+    """Turn the fused ``torch.compile`` kernels of the fake quantizer on or off (process-wide).
+
+    The default is on unless the environment variable ``QGAIT_COMPILE_QUANT`` is ``0``. Turning them on again also
+    retries after a compilation failure. Results do not depend on it beyond float rounding (module docstring).
+    """
+    _compile_state["enabled"] = bool(enabled)
+    if enabled:
+        _compile_state["failed"] = False
+
+
+def compiled_kernels_enabled() -> bool:
+    """Whether the fused kernels are in use (enabled, ``torch.compile`` present, and no failure so far)."""
+    return _compile_state["enabled"] and not _compile_state["failed"] and hasattr(torch, "compile")
+
+
+def _fwd_hard(x, s, a, lo: float, hi: float):
+    return _lsq_forward_math(x, s, a, lo, hi, False)
+
+
+def _fwd_soft(x, s, a, lo: float, hi: float):
+    return _lsq_forward_math(x, s, a, lo, hi, True)
+
+
+def _grad_reduced(x, s, a, g, lo: float, hi: float, mode: int):
+    """``(dL/dx, dL/ds before grad_scale)``; per tensor ``x [N]``, ``s []``; per channel ``x [pre, C, post]``,
+    ``s [C, 1]`` (reduced over dims 0 and 2)."""
+    grad_x, ds = _lsq_grad_math(x, s, a, g, lo, hi, mode)
+    prod = ds * g
+    return grad_x, (prod.sum() if x.dim() == 1 else prod.sum(dim=(0, 2)))
+
+
+def _bwd_ste(x, s, a, g, lo: float, hi: float):
+    return _grad_reduced(x, s, a, g, lo, hi, 0)
+
+
+def _bwd_soft_backward(x, s, a, g, lo: float, hi: float):
+    return _grad_reduced(x, s, a, g, lo, hi, 1)
+
+
+def _bwd_soft_forward(x, s, a, g, lo: float, hi: float):
+    return _grad_reduced(x, s, a, g, lo, hi, 2)
+
+
+# one function (one dynamo code cache) per kernel, so modes do not compete for the recompile limit
+_KERNEL_FNS = {"fwd0": _fwd_hard, "fwd2": _fwd_soft, "bwd0": _bwd_ste, "bwd1": _bwd_soft_backward,
+               "bwd2": _bwd_soft_forward}
+
+
+def _kernel(name: str) -> Callable:
+    """The compiled kernel ``name`` (``fwd<mode>`` / ``bwd<mode>``), compiled lazily on first call."""
+    k = _kernels.get(name)
+    if k is None:
+        k = _kernels[name] = torch.compile(_KERNEL_FNS[name], dynamic=True)
+    return k
+
+
+def _use_kernels(x: Tensor, step: Tensor) -> bool:
+    """Whether the fused kernels apply to this call (see the module docstring)."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return False  # the surrounding compiler fuses the eager math itself
+    if not compiled_kernels_enabled() or x.dtype != torch.float32 or step.dtype != torch.float32:
+        return False
+    if x.numel() < COMPILE_MIN_NUMEL or x.device.type not in ("cpu", "cuda") or torch.is_grad_enabled():
+        return False
+    return not torch.onnx.is_in_onnx_export()
+
+
+def _flat_layout(x: Tensor, s: Tensor, ch_axis: int | None) -> tuple[Tensor, Tensor]:
+    """``x`` as ``[N]`` (per tensor) or ``[pre, C, post]`` (per channel) and the step as ``[]`` / ``[C, 1]``."""
+    if ch_axis is None:
+        return x.reshape(-1), s.reshape(())
+    c = x.shape[ch_axis]
+    return x.reshape(math.prod(x.shape[:ch_axis]), c, -1), s.reshape(c, 1)
+
+
+def _run_kernel(name: str, *args: Tensor | float):
+    """Call the compiled kernel; on any failure warn once, switch the kernels off and return ``None``."""
+    try:
+        return _kernel(name)(*args)
+    except Exception as e:  # noqa: BLE001 - any compiler/toolchain problem: fall back to the eager code
+        _compile_state["failed"] = True
+        warnings.warn(f"qgait: fused fake-quant kernels unavailable ({type(e).__name__}: {e}); using eager ops. "
+                      f"Set {_COMPILE_ENV}=0 to skip the attempt.", RuntimeWarning, stacklevel=3)
+        return None
+
+
+def _fused_forward(x: Tensor, s: Tensor, a: Tensor, q_n: int, q_p: int, ch_axis: int | None, mode: int):
+    """Forward through the compiled kernel, or ``None`` when it failed."""
+    xf, sf = _flat_layout(x, s, ch_axis)
+    out = _run_kernel("fwd2" if mode == 2 else "fwd0", xf, sf, a, float(-q_n), float(q_p))
+    return None if out is None else out.view(x.shape)
+
+
+def _fused_grads(x: Tensor, s: Tensor, a: Tensor, g: Tensor, q_n: int, q_p: int, ch_axis: int | None, mode: int):
+    """``(dL/dx, dL/ds before grad_scale)`` through the compiled kernel, or ``None`` when it failed."""
+    xf, sf = _flat_layout(x, s, ch_axis)
+    out = _run_kernel(f"bwd{mode}", xf, sf, a, g.reshape(xf.shape), float(-q_n), float(q_p))
+    return None if out is None else (out[0].view(x.shape), out[1])
+
+
+def _eager_grads(x: Tensor, s: Tensor, a: Tensor, g: Tensor, q_n: int, q_p: int, ch_axis: int | None, mode: int):
+    """``(dL/dx, dL/ds before grad_scale)`` with eager torch ops (``x`` any shape, ``s`` ``[]`` or ``[C]``)."""
+    grad_x, ds = _lsq_grad_math(x, s.reshape(_bshape(x, ch_axis)), a, g, -q_n, q_p, mode)
+    if ch_axis is None:
+        return grad_x, torch.dot(g.reshape(-1), ds.reshape(-1))
+    prod = ds.mul_(g)
+    dims = [i for i in range(x.dim()) if i != ch_axis]
+    return grad_x, (prod.sum(dim=dims) if dims else prod)
+
+
 class _LSQFakeQuant(torch.autograd.Function):
     """``x_q = R(clip(x/s, -Q_N, Q_P)) * s`` with the gradients of the module docstring.
 
     Inputs: x [any], step [] or [C] (C = x.shape[ch_axis]). Saves only x and step; the backward recomputes u
     (cheaper in memory than autograd through div/clamp/round/mul, which keeps two full-size intermediates).
+    Forward and backward run the fused kernels when :func:`_use_kernels` allows, else the same math eagerly.
     """
 
     @staticmethod
@@ -238,41 +428,28 @@ class _LSQFakeQuant(torch.autograd.Function):
             zp = torch.zeros(s.shape, dtype=torch.int32, device=x.device)
             return torch.fake_quantize_per_channel_affine(x, s, zp, ch_axis, -q_n, q_p)
         dt = _compute_dtype(x)
+        a = _alpha_tensor(alpha, x).to(dt)
+        if _use_kernels(x, step):
+            out = _fused_forward(x, s, a, q_n, q_p, ch_axis, mode)
+            if out is not None:
+                return out
         sb = s.to(dt).reshape(_bshape(x, ch_axis))
-        u = (x.to(dt) / sb).clamp_(-q_n, q_p)
-        q = _soft_round_value(u, alpha) if mode == 2 else u.round_()
-        return q.mul_(sb).to(x.dtype)
+        return _lsq_forward_math(x.to(dt), sb, a, -q_n, q_p, mode == 2).to(x.dtype)
 
     @staticmethod
     def backward(ctx, g):  # noqa: D102
         x, step, alpha = ctx.saved_tensors
         q_n, q_p, grad_scale, ch_axis, mode, eps = ctx.conf
         dt = _compute_dtype(x)
-        sb = step.detach().clamp_min(eps).to(dt).reshape(_bshape(x, ch_axis))
-        v = x.to(dt) / sb
-        u = v.clamp(-q_n, q_p)
-        inside = u == v  # -Q_N <= v <= Q_P
-        del v
-        gd = g.to(dt)
-        if mode == 0:
-            grad_x = gd * inside
-            # dx_q/ds: round(u) - u inside; -Q_N below, Q_P above (there u = round(u) = the clip bound)
-            ds = torch.where(inside, torch.round(u).sub_(u), u)
+        s = step.detach().clamp_min(eps)
+        a = _alpha_tensor(alpha, x).to(dt)
+        fused = _fused_grads(x, s, a, g, q_n, q_p, ch_axis, mode) if _use_kernels(x, step) else None
+        if fused is not None:
+            grad_x, grad_s = fused
         else:
-            du = soft_round_derivative(u, alpha).to(dt).mul_(inside)
-            grad_x = gd * du
-            q = _soft_round_value(u, alpha) if mode == 2 else torch.round(u)
-            ds = q.sub_(u.mul_(du))  # R(u) - u R'(u) inside; R(u) = the clip bound outside
+            grad_x, grad_s = _eager_grads(x.to(dt), s.to(dt), a, g.to(dt), q_n, q_p, ch_axis, mode)
         grad_x = grad_x.to(x.dtype) if ctx.needs_input_grad[0] else None
-        grad_s = None
-        if ctx.needs_input_grad[1]:
-            if ch_axis is None:
-                grad_s = torch.dot(gd.reshape(-1), ds.reshape(-1))
-            else:
-                prod = ds.mul_(gd)
-                dims = [i for i in range(x.dim()) if i != ch_axis]
-                grad_s = prod.sum(dim=dims) if dims else prod
-            grad_s = (grad_s * grad_scale).reshape(step.shape).to(step.dtype)
+        grad_s = (grad_s * grad_scale).reshape(step.shape).to(step.dtype) if ctx.needs_input_grad[1] else None
         return grad_x, grad_s, None, None, None, None, None, None, None, None
 
 
@@ -301,7 +478,8 @@ def lsq_fake_quantize(
         eps: the step is clamped to ``>= eps`` (straight-through gradient to ``step``).
         use_fused: compute hard-rounding forwards with ATen's fused ``fake_quantize_per_*_affine`` kernels
             (float32 only; slower than torch ops on CPU, see :class:`LSQQuantizer`); the backward is always this
-            module's closed form.
+            module's closed form. Independent of this flag, large float32 tensors run the forward and backward
+            as ``torch.compile`` kernels of the same math (module docstring, :func:`set_compiled_kernels`).
 
     Returns:
         ``x_q``, same shape and dtype as ``x``, on the grid ``step * k``, ``k`` integer in ``[-q_n, q_p]``
@@ -651,7 +829,9 @@ class LSQQuantizer(nn.Module):
         eps: step lower bound in the forward pass.
         use_fused: use ATen's fused fake-quant kernels for hard-rounding forwards (same grid and tie rule).
             Off by default: on this project's CPU build (torch 2.13) they measured about 5x slower than the
-            vectorised torch ops for the forward (see ``tests/quant/bench_fake_quant.py``).
+            vectorised torch ops for the forward (see ``tests/quant/bench_fake_quant.py``). Without it, large
+            float32 inputs use the fused ``torch.compile`` kernels of the module docstring
+            (:func:`set_compiled_kernels`, ``QGAIT_COMPILE_QUANT=0`` to turn them off).
         alpha: initial soft-rounding sharpness (see :meth:`set_alpha`).
 
     State (all in ``state_dict``): ``step`` (Parameter ``[C]`` or ``[]``), ``initialized`` (bool ``[]``),
