@@ -21,7 +21,8 @@ def _cmd_export(a: argparse.Namespace) -> int:
         a.checkpoint, a.output, fmt=a.format, int8=a.int8, pack_int4=a.pack_int4, calib_store=a.calib_store,
         calib_subjects=a.calib_subjects.split(",") if a.calib_subjects else None,
         calib_sequences=a.calib_sequences, calib_frames=a.calib_frames, first_input=a.first_input,
-        requant=not a.no_requant, ptq_method=a.ptq_method,
+        requant={"auto": "auto", "on": True, "off": False}[a.requant], ptq_method=a.ptq_method,
+        conv_kernel=a.conv_kernel, match_bias=not a.no_match_bias, float_weights=a.float_weights,
     )
     print(f"wrote {report['output']} ({report['kind']}, {report['bytes'] / 1e6:.2f} MB; checkpoint "
           f"{report['checkpoint_bytes'] / 1e6:.2f} MB)")
@@ -96,7 +97,7 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     res = run_benchmark(
         models=a.models.split(","), variants=a.variants.split(",") if a.variants else None, repeats=a.repeats,
         warmup=a.warmup, frames=a.frames, batch=a.batch, threads=a.threads, store=a.store,
-        checkpoint=a.checkpoint, quick=a.quick, out_dir=a.output_dir,
+        checkpoint=a.checkpoint, quick=a.quick, out_dir=a.output_dir, quant_checkpoint=a.quant_checkpoint,
     )
     print(format_benchmark(res))
     return 0
@@ -137,12 +138,23 @@ def add_deploy_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--calib-frames", type=int, default=30, help="frames per calibration sequence (default 30)")
     p.add_argument("--ptq-method", choices=["minmax", "entropy", "percentile"], default="minmax",
                    help="ONNX Runtime calibration method for --int8 of an FP checkpoint (default minmax)")
-    p.add_argument("--first-input", choices=["uint8", "float"], default="uint8",
-                   help="quantized checkpoint: quantize the first conv's exact input at 1/255 (uint8, default; "
-                   "exact for 64x44 frames) or keep it float")
-    p.add_argument("--no-requant", action="store_true",
-                   help="quantized checkpoint: do not requantize the residual convs' outputs (they then run as "
-                   "float convs in ONNX Runtime)")
+    p.add_argument("--first-input", choices=["auto", "uint8", "float"], default="auto",
+                   help="quantized checkpoint: quantize the first conv's exact input at 1/255 (uint8; exact for "
+                   "64x44 frames) or keep it float; auto (default): uint8 at 64x44 or with 8-bit activations, "
+                   "float otherwise")
+    p.add_argument("--requant", choices=["auto", "on", "off"], default="auto",
+                   help="quantized checkpoint: requantize the residual convs' outputs (uint8, min-max over the "
+                   "calibration store) so that ONNX Runtime runs them as QLinearConv; auto (default): only when "
+                   "every activation grid is 8-bit (below 8 bits it costs accuracy: docs/deployment.md)")
+    p.add_argument("--conv-kernel", choices=["qlinear", "integer"], default="qlinear",
+                   help="quantized checkpoint: QDQ around Conv, fused by ORT to QLinearConv (default), or "
+                   "ConvInteger + float epilogue (exact, slow in ONNX Runtime)")
+    p.add_argument("--no-match-bias", action="store_true",
+                   help="quantized checkpoint: round the int32 biases to s_x*s_w (ORT's default) instead of "
+                   "matching the float bias's decisions")
+    p.add_argument("--float-weights", action="store_true",
+                   help="quantized checkpoint: float weights for the convs ONNX Runtime runs in float (faster, "
+                   "larger file, those layers not packed)")
     p.add_argument("--parity-store", type=Path,
                    help="after exporting, compare the ONNX model with the checkpoint on this store's sequences")
     p.add_argument("--parity-subjects", help="comma-separated test subjects for the parity check, e.g. 075,076")
@@ -209,6 +221,9 @@ def add_deploy_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="threads for every runtime (default: all cores)")
     p.add_argument("--store", type=Path, help="store of real silhouettes for calibration (default: random frames)")
     p.add_argument("--checkpoint", type=Path, help="benchmark this FP model.pt instead of random weights")
+    p.add_argument("--quant-checkpoint", type=Path,
+                   help="with --checkpoint: a trained quantized model.pt (qgait quantize) to time as the "
+                   "ort_int8_given variant")
     p.add_argument("--quick", action="store_true", help="3 repeats and 1 warm-up")
     p.add_argument("--output-dir", type=Path, help="write bench_deploy.json and bench_deploy.md here")
     p.set_defaults(func=_cmd_bench)

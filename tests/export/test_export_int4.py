@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -48,6 +50,10 @@ def test_packed_model_round_trip(exports, probes, tmp_path):
     src = exports["w4a4"].path
     info = save_packed(src, tmp_path / "w4a4.qgpack")
     assert info["packed_initializers"] == 13
+    # the bias matching stored some channels as w_int * k: packed divided by k, restored exactly (below)
+    raw = (tmp_path / "w4a4.qgpack").read_bytes()
+    header = json.loads(raw[16: 16 + int.from_bytes(raw[8:16], "little")])
+    assert any(e["multipliers"] for e in header["tensors"])
     assert info["bytes"] < info["onnx_bytes"]
     original = {i.name: numpy_helper.to_array(i) for i in onnx.load(src).graph.initializer}
     restored = load_packed(tmp_path / "w4a4.qgpack")

@@ -10,7 +10,9 @@ of byte ``i``, element ``2i + 1`` in the high nibble; an odd count is padded wit
 
 Batch-norm folding negates the integer weights of channels whose BN factor is negative (:mod:`qgait.export.fold`),
 which maps the grid ``[-8, 7]`` to ``[-7, 8]``: the packed format stores such channels un-negated plus a per-channel
-sign, so every stored nibble stays on ``[-8, 7]``.
+sign, so every stored nibble stays on ``[-8, 7]``. The ``QLinearConv`` export's bias matching stores some channels
+as ``w_int * k`` (:func:`qgait.export.onnx_export.quantize_conv_biases`): those are stored divided by the gcd of
+their values, with the factor per channel in the header (``multipliers``), and restored exactly.
 
 File layout (``.qgpack``)::
 
@@ -99,7 +101,8 @@ def packable_initializers(model: onnx.ModelProto) -> list[str]:
 
     meta = read_qgait_metadata(model)
     return [row["weight_initializer"] for row in meta.get("layers", [])
-            if row.get("quantized") and row.get("weight_bits") is not None and row["weight_bits"] <= 4]
+            if row.get("quantized") and row.get("weight_bits") is not None and row["weight_bits"] <= 4
+            and row.get("weight_storage", "int8") == "int8"]
 
 
 def save_packed(model: onnx.ModelProto | str | Path, path: str | Path, names: list[str] | None = None) -> dict:
@@ -135,6 +138,12 @@ def save_packed(model: onnx.ModelProto | str | Path, path: str | Path, names: li
             raise ValueError(f"initializer {name!r} is not int8")
         arr = numpy_helper.to_array(init).astype(np.int16)
         rows = arr.reshape(arr.shape[0], -1)
+        # channels stored as w_int * k by the bias matching of the QLinearConv export: divide by their gcd
+        mult = np.ones(rows.shape[0], np.int16)
+        off = ~((rows >= -8).all(1) & (rows <= 8).all(1))
+        for c in np.flatnonzero(off):
+            mult[c] = max(int(np.gcd.reduce(np.abs(rows[c]))), 1)
+        rows = rows // mult[:, None]
         on_grid = (rows >= -8).all(1) & (rows <= 7).all(1)
         neg_grid = (rows >= -7).all(1) & (rows <= 8).all(1)
         negate = ~on_grid & neg_grid
@@ -143,8 +152,10 @@ def save_packed(model: onnx.ModelProto | str | Path, path: str | Path, names: li
             raise ValueError(f"initializer {name!r}: channel {bad} is not on a 4-bit grid")
         rows = np.where(negate[:, None], -rows, rows)
         blob = pack_int4(rows)
+        multiplied = np.flatnonzero(mult > 1)
         entries.append({"name": name, "dims": list(arr.shape), "offset": offset, "nbytes": len(blob),
-                        "negated": np.flatnonzero(negate).tolist()})
+                        "negated": np.flatnonzero(negate).tolist(),
+                        "multipliers": [[int(c), int(mult[c])] for c in multiplied]})
         blobs.append(blob)
         offset += len(blob)
         count += arr.size
@@ -205,6 +216,12 @@ def load_packed(path: str | Path) -> onnx.ModelProto:
             if e["negated"]:
                 rows = vals.reshape(vals.shape[0], -1)
                 rows[e["negated"]] = -rows[e["negated"]]
+            if e.get("multipliers"):
+                rows = vals.reshape(vals.shape[0], -1)
+                for c, k in e["multipliers"]:
+                    if not 1 < int(k) <= 127 or not 0 <= int(c) < rows.shape[0]:
+                        raise PackedModelError(f"{path}: bad channel multiplier {c}: {k} in {e['name']!r}")
+                    rows[int(c)] = (rows[int(c)].astype(np.int16) * int(k)).astype(np.int8)
             init = inits[e["name"]]
             if list(init.dims) != list(e["dims"]) or init.data_type != TensorProto.INT8:
                 raise PackedModelError(f"{path}: initializer {e['name']!r} does not match its header entry")

@@ -257,14 +257,14 @@ def _bshape(x: Tensor, ch_axis: int | None) -> list[int]:
 _MODE = {"ste": 0, "soft_backward": 1, "soft_forward": 2}
 
 
-def _lsq_forward_math(x: Tensor, s: Tensor, a: Tensor, lo: float, hi: float, soft: bool) -> Tensor:
+def _lsq_forward_math(x: Tensor, s: Tensor, a: Tensor, lo: float | Tensor, hi: float | Tensor, soft: bool) -> Tensor:
     """``R(clip(x/s, lo, hi)) * s``; ``s`` broadcasts against ``x``, ``R`` = round or softround_a. A new tensor."""
     u = (x / s).clamp_(lo, hi)
     q = _soft_value_math(u, a) if soft else u.round_()
     return q.mul_(s)
 
 
-def _lsq_grad_math(x: Tensor, s: Tensor, a: Tensor, g: Tensor, lo: float, hi: float, mode: int):
+def _lsq_grad_math(x: Tensor, s: Tensor, a: Tensor, g: Tensor, lo: float | Tensor, hi: float | Tensor, mode: int):
     """Closed-form LSQ gradients (module docstring): ``(dL/dx, dx_q/ds)``, both of ``x``'s shape (elementwise).
 
     ``mode``: 0 ste, 1 soft_backward, 2 soft_forward. ``u`` and the ``inside`` mask are computed once; the
@@ -311,31 +311,29 @@ def compiled_kernels_enabled() -> bool:
     return _compile_state["enabled"] and not _compile_state["failed"] and hasattr(torch, "compile")
 
 
-def _fwd_hard(x, s, a, lo: float, hi: float):
+def _fwd_hard(x, s, a, lo: float | Tensor, hi: float | Tensor):
     return _lsq_forward_math(x, s, a, lo, hi, False)
 
 
-def _fwd_soft(x, s, a, lo: float, hi: float):
+def _fwd_soft(x, s, a, lo: float | Tensor, hi: float | Tensor):
     return _lsq_forward_math(x, s, a, lo, hi, True)
 
 
-def _grad_reduced(x, s, a, g, lo: float, hi: float, mode: int):
-    """``(dL/dx, dL/ds before grad_scale)``; per tensor ``x [N]``, ``s []``; per channel ``x [pre, C, post]``,
-    ``s [C, 1]`` (reduced over dims 0 and 2)."""
+def _grad_reduced(x, s, a, g, lo: float | Tensor, hi: float | Tensor, mode: int):
+    """``(dL/dx, dL/ds before grad_scale)`` for ``x [pre, C, post]``, ``s [C, 1]`` (reduced over dims 0 and 2)."""
     grad_x, ds = _lsq_grad_math(x, s, a, g, lo, hi, mode)
-    prod = ds * g
-    return grad_x, (prod.sum() if x.dim() == 1 else prod.sum(dim=(0, 2)))
+    return grad_x, (ds * g).sum(dim=(0, 2))
 
 
-def _bwd_ste(x, s, a, g, lo: float, hi: float):
+def _bwd_ste(x, s, a, g, lo: float | Tensor, hi: float | Tensor):
     return _grad_reduced(x, s, a, g, lo, hi, 0)
 
 
-def _bwd_soft_backward(x, s, a, g, lo: float, hi: float):
+def _bwd_soft_backward(x, s, a, g, lo: float | Tensor, hi: float | Tensor):
     return _grad_reduced(x, s, a, g, lo, hi, 1)
 
 
-def _bwd_soft_forward(x, s, a, g, lo: float, hi: float):
+def _bwd_soft_forward(x, s, a, g, lo: float | Tensor, hi: float | Tensor):
     return _grad_reduced(x, s, a, g, lo, hi, 2)
 
 
@@ -364,11 +362,19 @@ def _use_kernels(x: Tensor, step: Tensor) -> bool:
 
 
 def _flat_layout(x: Tensor, s: Tensor, ch_axis: int | None) -> tuple[Tensor, Tensor]:
-    """``x`` as ``[N]`` (per tensor) or ``[pre, C, post]`` (per channel) and the step as ``[]`` / ``[C, 1]``."""
+    """``x`` as ``[pre, C, post]`` and the step as ``[C, 1]``; per tensor ``C = 1`` (``[1, 1, N]``, ``[1, 1]``).
+
+    One rank for both layouts, so that each kernel compiles once (dynamo guards on tensor ranks)."""
     if ch_axis is None:
-        return x.reshape(-1), s.reshape(())
+        return x.reshape(1, 1, -1), s.reshape(1, 1)
     c = x.shape[ch_axis]
     return x.reshape(math.prod(x.shape[:ch_axis]), c, -1), s.reshape(c, 1)
+
+
+def _grid_tensors(q_n: int, q_p: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """The clip bounds ``-Q_N, Q_P`` as 0-dim tensors: dynamo specializes Python floats (one compilation per grid)."""
+    return (torch.tensor(float(-q_n), dtype=like.dtype, device=like.device),
+            torch.tensor(float(q_p), dtype=like.dtype, device=like.device))
 
 
 def _run_kernel(name: str, *args: Tensor | float):
@@ -385,14 +391,14 @@ def _run_kernel(name: str, *args: Tensor | float):
 def _fused_forward(x: Tensor, s: Tensor, a: Tensor, q_n: int, q_p: int, ch_axis: int | None, mode: int):
     """Forward through the compiled kernel, or ``None`` when it failed."""
     xf, sf = _flat_layout(x, s, ch_axis)
-    out = _run_kernel("fwd2" if mode == 2 else "fwd0", xf, sf, a, float(-q_n), float(q_p))
+    out = _run_kernel("fwd2" if mode == 2 else "fwd0", xf, sf, a, *_grid_tensors(q_n, q_p, x))
     return None if out is None else out.view(x.shape)
 
 
 def _fused_grads(x: Tensor, s: Tensor, a: Tensor, g: Tensor, q_n: int, q_p: int, ch_axis: int | None, mode: int):
     """``(dL/dx, dL/ds before grad_scale)`` through the compiled kernel, or ``None`` when it failed."""
     xf, sf = _flat_layout(x, s, ch_axis)
-    out = _run_kernel(f"bwd{mode}", xf, sf, a, g.reshape(xf.shape), float(-q_n), float(q_p))
+    out = _run_kernel(f"bwd{mode}", xf, sf, a, g.reshape(xf.shape), *_grid_tensors(q_n, q_p, x))
     return None if out is None else (out[0].view(x.shape), out[1])
 
 

@@ -66,9 +66,12 @@ def export_checkpoint(
     calib_subjects: Sequence[str] | None = None,
     calib_sequences: int = 16,
     calib_frames: int = 30,
-    first_input: str = "uint8",
-    requant: bool = True,
+    first_input: str = "auto",
+    requant: bool | str = "auto",
     ptq_method: str = "minmax",
+    conv_kernel: str = "qlinear",
+    match_bias: bool = True,
+    float_weights: bool = False,
 ) -> dict:
     """Export a ``model.pt`` (``qgait-model`` or ``qgait-quant-model``) for deployment.
 
@@ -76,9 +79,11 @@ def export_checkpoint(
 
     - FP model, ``fmt="onnx"``: FP32 ONNX, batch norm folded; with ``int8``: ONNX Runtime static PTQ (needs
       ``calib_store``).
-    - quantized model, ``fmt="onnx"``: int8 QDQ ONNX with the learned steps (``int8`` is implied); residual convs
-      are requantized when ``calib_store`` is given (see :func:`qgait.export.export_qdq`); with ``pack_int4``
-      (weights <= 4 bits) also a packed ``.qgpack`` beside it.
+    - quantized model, ``fmt="onnx"``: int8 QDQ ONNX with the learned steps (``int8`` is implied); with
+      ``requant`` (``"auto"``: 8-bit activation grids only) the residual convs are requantized when
+      ``calib_store`` is given; ``first_input``, ``conv_kernel`` and ``match_bias`` as in
+      :func:`qgait.export.export_qdq` (defaults: float first input unless 64x44, ``QLinearConv`` with matched
+      int32 biases); with ``pack_int4`` (weights <= 4 bits) also a packed ``.qgpack`` beside it.
     - ``fmt="pt2e"``: a ``torch.export`` ``.pt2`` program: the learned-step PT2E int8 graph of a quantized model,
       the PT2E-calibrated int8 graph of an FP model with ``int8`` (needs ``calib_store``), else the FP graph.
 
@@ -109,8 +114,9 @@ def export_checkpoint(
     report: dict[str, Any]
     if fmt == "onnx":
         if quantized:
-            r = export_qdq(model, out, size, calib=calib, requant=requant, first_input=first_input, meta=info)
-            if calib is None and requant:
+            r = export_qdq(model, out, size, calib=calib, requant=requant, first_input=first_input, meta=info,
+                           conv_kernel=conv_kernel, match_bias=match_bias, float_weights=float_weights)
+            if r.details.get("requant_skipped"):
                 log("no --calib-store: the residual convs (conv2, downsample) stay float in the ONNX graph "
                     "(exact, but ONNX Runtime runs them without int8 kernels)")
         elif int8:
@@ -133,7 +139,11 @@ def export_checkpoint(
         from ..export.pt2e import pt2e_from_fp, pt2e_from_quantized, save_pt2
 
         if quantized:
-            gm, kind = pt2e_from_quantized(model, size, first_input), "int8-pt2e-learned"
+            from ..export.onnx_export import resolve_first_input
+
+            low = any(getattr(m, "bits", 8) < 8 for n, m in model.named_modules() if n.endswith("input_quantizer"))
+            gm, kind = (pt2e_from_quantized(model, size, resolve_first_input(first_input, size, low)),
+                        "int8-pt2e-learned")
         elif int8:
             gm, kind = pt2e_from_fp(model, size, calib), "int8-pt2e-ptq"
         else:
@@ -447,6 +457,7 @@ BENCH_VARIANTS: dict[str, str] = {
     "ort_int8_qat": "INT8 ONNX Runtime, QDQ with learned steps (W8A8)",
     "ort_int8_ptq": "INT8 ONNX Runtime, static PTQ (u8s8)",
     "inductor_int8_qat": "INT8 PyTorch PT2E + inductor, learned steps (W8A8)",
+    "ort_int8_given": "INT8 ONNX Runtime, QDQ export of --quant-checkpoint (e.g. QGait W4A4); only with it",
 }
 
 
@@ -513,7 +524,8 @@ def _bench_child(spec: dict) -> dict:
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
-        path = art[{"ort_fp32": "fp32_onnx", "ort_int8_qat": "qat_onnx", "ort_int8_ptq": "ptq_onnx"}[variant]]
+        path = art[{"ort_fp32": "fp32_onnx", "ort_int8_qat": "qat_onnx", "ort_int8_ptq": "ptq_onnx",
+                    "ort_int8_given": "given_onnx"}[variant]]
         sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
         def fn(x):
@@ -562,8 +574,17 @@ def _bench_child(spec: dict) -> dict:
 
 
 def _build_bench_artifacts(name: str, cfg: dict, tmp: Path, store, calib_sequences: int, frames: int,
-                           checkpoint: str | Path | None) -> dict:
-    """FP checkpoint, W8A8 QAT-style checkpoint (``quantize_`` + ``calibrate_``), FP32 / QDQ / PTQ ONNX, PT2E .pt2."""
+                           checkpoint: str | Path | None, quant_checkpoint: str | Path | None = None) -> dict:
+    """FP checkpoint, quantized checkpoint, FP32 / QDQ / PTQ ONNX, PT2E .pt2.
+
+    The learned-steps INT8 variants run a W8A8 ``quantize_`` + ``calibrate_`` copy of the FP model (MSE steps on
+    the calibration batches); ``quant_checkpoint`` (a trained ``qgait-quant-model``, e.g. QGait W4A4) is exported
+    too (``export_qdq`` defaults), for the ``ort_int8_given`` variant.
+
+    Raises:
+        ValueError: ``checkpoint`` is not an FP model, ``quant_checkpoint`` not a quantized one, or their input
+            sizes differ.
+    """
     from ..engine.checkpoint import save_inference_model
     from ..export import export_onnx, export_qdq
     from ..export.ort_ptq import quantize_onnx, store_calibration_batches
@@ -604,6 +625,15 @@ def _build_bench_artifacts(name: str, cfg: dict, tmp: Path, store, calib_sequenc
     model.eval()
     art["qat_checkpoint"] = str(save_inference_model(d / "w8a8.pt", model, mname, args, size,
                                                      quant_config=qcfg.model_dump(mode="json")))
+    if quant_checkpoint is not None:
+        given, qmeta = load_inference_model(quant_checkpoint)
+        if qmeta.get("kind") != "qgait-quant-model":
+            raise ValueError(f"{quant_checkpoint}: not a quantized model (kind {qmeta.get('kind')!r}); give the "
+                             "model.pt of `qgait quantize`")
+        if tuple(qmeta["input_size"]) != size:
+            raise ValueError(f"{quant_checkpoint}: input size {tuple(qmeta['input_size'])} differs from the FP "
+                             f"model's {size}")
+        art["given_onnx"] = export_qdq(given, d / "int8_given.onnx", size, calib=calib).path
     art["qat_onnx"] = export_qdq(model, d / "int8_qat.onnx", size, calib=calib).path
     art["qat_pt2"] = str(save_pt2(pt2e_from_quantized(model, size), d / "int8_qat.pt2", size))
     return art
@@ -622,6 +652,7 @@ def run_benchmark(
     quick: bool = False,
     out_dir: str | Path | None = None,
     timeout_s: float = 1800,
+    quant_checkpoint: str | Path | None = None,
 ) -> dict:
     """Benchmark FP32 / INT8 runtimes side by side (every variant in its own process, threads pinned).
 
@@ -636,17 +667,23 @@ def run_benchmark(
         store: a store of real silhouettes for calibration (default: random binary frames).
         checkpoint: benchmark this trained ``qgait-model`` instead of random weights (then ``models`` should be
             one name: its shape comes from the checkpoint).
+        quant_checkpoint: with ``checkpoint``, a trained quantized model (``qgait quantize``'s ``model.pt``) to
+            time as the ``ort_int8_given`` variant (added to the default variants).
         quick: 3 repeats, 1 warm-up.
         out_dir: write ``bench_deploy.json`` and ``bench_deploy.md`` there.
 
     Returns:
         ``{"config": {...}, "results": {model: {variant: {...}}}}``.
     """
-    variants = list(variants or BENCH_VARIANTS)
+    variants = list(variants or [v for v in BENCH_VARIANTS if v != "ort_int8_given" or quant_checkpoint])
+    if "ort_int8_given" in variants and quant_checkpoint is None:
+        raise ValueError("variant ort_int8_given needs quant_checkpoint")
     bad = [v for v in variants if v not in BENCH_VARIANTS] + [m for m in models if m not in BENCH_MODELS]
     if bad:
         raise ValueError(f"unknown models/variants {bad}; models: {list(BENCH_MODELS)}, "
                          f"variants: {list(BENCH_VARIANTS)}")
+    if quant_checkpoint is not None and checkpoint is None:
+        raise ValueError("quant_checkpoint needs checkpoint (the FP model it was quantized from)")
     if quick:
         repeats, warmup = min(repeats, 3), 1
     threads = threads or os.cpu_count() or 1
@@ -657,7 +694,8 @@ def run_benchmark(
         st = SequenceStore.open(store)
     config = {"models": list(models), "variants": variants, "repeats": repeats, "warmup": warmup,
               "frames": frames, "batch": batch, "threads": threads, "torch": torch.__version__,
-              "store": str(store) if store else None, "checkpoint": str(checkpoint) if checkpoint else None}
+              "store": str(store) if store else None, "checkpoint": str(checkpoint) if checkpoint else None,
+              "quant_checkpoint": str(quant_checkpoint) if quant_checkpoint else None}
     try:
         import onnxruntime
 
@@ -670,7 +708,7 @@ def run_benchmark(
         for name in models:
             cfg = BENCH_MODELS[name]
             log(f"[bench] {name}: building artefacts")
-            art = _build_bench_artifacts(name, cfg, tmp, st, 4 if quick else 8, frames, checkpoint)
+            art = _build_bench_artifacts(name, cfg, tmp, st, 4 if quick else 8, frames, checkpoint, quant_checkpoint)
             size = list(load_inference_model(art["fp_checkpoint"])[1]["input_size"])
             results[name] = {"size": size}
             for v in variants:

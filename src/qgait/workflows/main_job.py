@@ -1,16 +1,20 @@
 """The main job (``qgait run``): import CASIA-B once, train the CPU recipe, evaluate it, quantize it with
-QGait W4A4 (two stages + IDC), evaluate that, and print the FP vs W4A4 table.
+QGait W4A4 (two stages + IDC), evaluate that, print the FP vs W4A4 table, then deploy: export the W4A4 model as
+an int8 QDQ ONNX model with its learned steps (and packed 4-bit weights), check its parity with the PyTorch
+fake-quantized model on the test subjects, and benchmark the FP32 and INT8 runtimes side by side.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from ..config import load_config
+from ..config import ExperimentConfig, load_config
 from ..evaluation.report import format_comparison
-from .common import log
+from .common import log, open_or_build_store, split_subjects
+from .deploy import export_checkpoint, format_benchmark, parity_check, run_benchmark
 from .quantize import run_quantize
 from .train import run_train
 
@@ -48,14 +52,81 @@ def run_main_job(quick: bool = False, data: str | Path | None = None, out_root: 
     q_cfg = load_config(q_path, overrides)
     t0 = time.perf_counter()
     fp_dir, q_dir = Path(out_root) / cfg.name, Path(out_root) / q_cfg.name
-    log(f"[1/2] full-precision training: {cfg_path.name} -> {fp_dir}")
+    log(f"[1/3] full-precision training: {cfg_path.name} -> {fp_dir}")
     fp = run_train(cfg, fp_dir, progress=progress)
-    log(f"[2/2] QGait W4A4 (stage 1 LSQ + IDC, stage 2 soft quantizer + IDC): {q_path.name} -> {q_dir}")
+    log(f"[2/3] QGait W4A4 (stage 1 LSQ + IDC, stage 2 soft quantizer + IDC): {q_path.name} -> {q_dir}")
     q = run_quantize(q_cfg, fp_dir / "last.pt", q_dir, progress=progress, fp_results=fp.get("eval"))
-    summary = {"fp": fp, "qgait_w4a4": q, "wall_seconds": round(time.perf_counter() - t0, 1)}
+    summary = {"fp": fp, "qgait_w4a4": q}
     table = {f"{cfg.name} FP32": fp.get("eval", {})}
     table.update({f"{q_cfg.name} {k}": v for k, v in q["stages"].items() if k != "fp"})
     summary["table"] = format_comparison(table)
     print("\n## CASIA-B rank-1 (%), FP vs W4A4\n\n" + summary["table"])
+    log(f"[3/3] deployment: int8 export of {q_dir / 'model.pt'}, parity on the test subjects, benchmark")
+    deploy = run_deploy(q_cfg, fp_dir / "model.pt", q_dir / "model.pt", Path(out_root) / "deploy", quick, progress)
+    summary["deploy"] = deploy
+    summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    print("\n## int8 export: parity with the PyTorch fake-quantized model\n\n" + deploy["parity_table"])
+    print("\n## FP32 vs INT8 runtimes\n\n" + deploy["bench_table"])
     (Path(out_root) / f"main_job_{quick_or_cpu}.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def format_parity(parity: dict, export: dict) -> str:
+    """Markdown table of :func:`qgait.workflows.deploy.parity_check`'s result (rank-1 of both, cosine, sizes)."""
+    lines = ["| model | NM | BG | CL | mean | file MB |", "|---|---|---|---|---|---|"]
+    for name, key, size in (("PyTorch fake-quant", "torch", export["checkpoint_bytes"]),
+                            (f"ONNX Runtime {export['kind']}", "onnx", export["bytes"])):
+        r = parity.get(key)
+        if r is None:
+            continue
+        lines.append(f"| {name} | {r['NM']:.2f} | {r['BG']:.2f} | {r['CL']:.2f} | {r['mean']:.2f} | {size / 1e6:.2f} |")
+    if export.get("packed"):
+        lines.append(f"| packed 4-bit weights (`.qgpack`) | | | | | {export['packed']['bytes'] / 1e6:.2f} |")
+    lines += ["", f"Embedding cosine (ONNX Runtime vs PyTorch) over {parity['sequences']} test sequences: mean "
+                  f"{parity['cosine_mean']:.5f}, min {parity['cosine_min']:.5f}."]
+    return "\n".join(lines) + "\n"
+
+
+def run_deploy(cfg: ExperimentConfig, fp_checkpoint: str | Path, q_checkpoint: str | Path, out_dir: str | Path,
+               quick: bool = False, progress: bool = True, bench_variants: Sequence[str] | None = None) -> dict:
+    """The deployment step of the main job (issue 4): export, parity, benchmark.
+
+    1. ``q_checkpoint`` (a ``qgait-quant-model``) -> ``out_dir/<name>.int8.onnx``: int8 QDQ with the learned steps,
+       the residual convs requantized from real training sequences of ``cfg``'s store; with weights of 4 bits or
+       fewer also the packed ``.qgpack``.
+    2. Parity on ``cfg``'s test subjects: embedding cosine and NM/BG/CL rank-1 of ONNX Runtime vs PyTorch.
+    3. Benchmark (:func:`qgait.workflows.deploy.run_benchmark`): the trained CPU model (``fp_checkpoint``, its
+       W8A8 and PTQ int8 variants, and ``q_checkpoint``'s export as ``ort_int8_given``) and, unless ``quick``, the full-size GaitBase (random weights:
+       speed does not depend on the weights' values); ``bench_variants``: a subset of
+       :data:`qgait.workflows.deploy.BENCH_VARIANTS` (default all).
+
+    Returns:
+        ``{"export", "parity", "bench", "parity_table", "bench_table"}``; also written to
+        ``out_dir/deploy.json`` and ``out_dir/bench_deploy.md``.
+
+    Raises:
+        CheckpointError: a checkpoint is missing or corrupt. ValueError: ``cfg`` and the checkpoints disagree.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    store = open_or_build_store(cfg.data, progress)
+    split = split_subjects(store, cfg.data)
+    pack = cfg.quant is not None and cfg.quant.config.weight_bits <= 4
+    export = export_checkpoint(q_checkpoint, out_dir / f"{cfg.name}.int8.onnx", calib_store=store.path,
+                               calib_subjects=split.train_subjects, pack_int4=pack)
+    log(f"exported {export['output']} ({export['bytes'] / 1e6:.2f} MB); parity on {len(split.test_subjects)} "
+        "test subjects")
+    parity = parity_check(q_checkpoint, export["output"], store, split.test_subjects, size=cfg.data.input_size,
+                          max_frames=cfg.data.test_max_frames, protocol=cfg.eval.protocol, progress=progress)
+    bench = run_benchmark(models=("cpu",), variants=bench_variants, checkpoint=fp_checkpoint,
+                          quant_checkpoint=q_checkpoint, store=store.path, quick=quick)
+    if not quick:
+        full_variants = [v for v in bench_variants if v != "ort_int8_given"] if bench_variants else None
+        full = run_benchmark(models=("full",), variants=full_variants, store=store.path)
+        bench["results"].update(full["results"])
+        bench["config"]["models"] = ["cpu", "full"]
+    out = {"export": export, "parity": parity, "bench": bench, "parity_table": format_parity(parity, export),
+           "bench_table": format_benchmark(bench)}
+    (out_dir / "deploy.json").write_text(json.dumps(out, indent=2, default=str))
+    (out_dir / "bench_deploy.md").write_text(out["bench_table"])
+    return out
