@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 import qgait.quant.quantizers as qz
 from qgait.quant import LSQQuantizer, grid_range, lsq_fake_quantize
+from .test_quantizers import EXTREME as QUANTIZER_EXTREME
 
 ROUNDINGS = ["ste", "soft_backward", "soft_forward"]
 SETTINGS = settings(max_examples=20, deadline=None)
@@ -157,12 +158,7 @@ def test_fused_used_for_large_tensors_and_ties(rounding, per_channel):
     check_close(got, ref, rounding)
 
 
-EXTREME = {
-    "zero": lambda: torch.zeros(4, 8, 5),
-    "huge": lambda: torch.randn(4, 8, 5).sign() * 1e30,
-    "tiny": lambda: torch.randn(4, 8, 5) * 1e-30,
-    "inf": lambda: torch.tensor([math.inf, -math.inf, 1.0, 0.0, -2.0]).repeat(4, 8, 1),
-}
+EXTREME = {k: make for k, make in QUANTIZER_EXTREME.items() if k != "random"}  # zero, huge, tiny, inf
 
 
 @pytest.mark.parametrize("kind", list(EXTREME))

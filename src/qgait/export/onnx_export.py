@@ -643,6 +643,11 @@ STORED_FRAME_SIZE = (64, 44)
 """Stored frames are ``k / 255`` at this size: a uint8 first input at 1/255 is exact only here."""
 
 
+def has_low_bit_activations(model: nn.Module, input_size: Sequence[int]) -> bool:
+    """Whether any quantized conv of ``model`` reads its input on an activation grid below 8 bits."""
+    return any(s.act is not None and s.act.bits < 8 for s in conv_specs(model, _example(input_size)).values())
+
+
 def resolve_first_input(first_input: str, input_size: Sequence[int], low_bit_acts: bool = True) -> str:
     """``"auto"`` -> ``"uint8"`` when the model takes the stored 64x44 frames (the 1/255 grid is exact) or when
     every activation grid is 8-bit (``low_bit_acts=False``: a 1/510 input error is small against them), else
@@ -715,7 +720,7 @@ def export_qdq(
         raise ValueError("model is not quantized: use export_onnx (FP32) or quantize_onnx (ORT PTQ)")
     if conv_kernel not in CONV_KERNELS:
         raise ValueError(f"conv_kernel must be one of {CONV_KERNELS}, got {conv_kernel!r}")
-    low_bit = any(s.act is not None and s.act.bits < 8 for s in conv_specs(model, _example(input_size)).values())
+    low_bit = has_low_bit_activations(model, input_size)
     first_input = resolve_first_input(first_input, input_size, low_bit)
     qlinear = conv_kernel == "qlinear"
     if requant == "auto":

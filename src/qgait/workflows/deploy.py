@@ -139,11 +139,10 @@ def export_checkpoint(
         from ..export.pt2e import pt2e_from_fp, pt2e_from_quantized, save_pt2
 
         if quantized:
-            from ..export.onnx_export import resolve_first_input
+            from ..export.onnx_export import has_low_bit_activations, resolve_first_input
 
-            low = any(getattr(m, "bits", 8) < 8 for n, m in model.named_modules() if n.endswith("input_quantizer"))
-            gm, kind = (pt2e_from_quantized(model, size, resolve_first_input(first_input, size, low)),
-                        "int8-pt2e-learned")
+            first = resolve_first_input(first_input, size, has_low_bit_activations(model, size))
+            gm, kind = pt2e_from_quantized(model, size, first), "int8-pt2e-learned"
         elif int8:
             gm, kind = pt2e_from_fp(model, size, calib), "int8-pt2e-ptq"
         else:

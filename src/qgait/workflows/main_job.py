@@ -91,14 +91,15 @@ def run_deploy(cfg: ExperimentConfig, fp_checkpoint: str | Path, q_checkpoint: s
                quick: bool = False, progress: bool = True, bench_variants: Sequence[str] | None = None) -> dict:
     """The deployment step of the main job (issue 4): export, parity, benchmark.
 
-    1. ``q_checkpoint`` (a ``qgait-quant-model``) -> ``out_dir/<name>.int8.onnx``: int8 QDQ with the learned steps,
-       the residual convs requantized from real training sequences of ``cfg``'s store; with weights of 4 bits or
-       fewer also the packed ``.qgpack``.
+    1. ``q_checkpoint`` (a ``qgait-quant-model``) -> ``out_dir/<name>.int8.onnx``: int8 QDQ with the learned steps
+       and the export defaults (:func:`qgait.export.export_qdq`; residual requantization, calibrated on real
+       training sequences of ``cfg``'s store, only for 8-bit activation grids); with weights of 4 bits or fewer
+       also the packed ``.qgpack``.
     2. Parity on ``cfg``'s test subjects: embedding cosine and NM/BG/CL rank-1 of ONNX Runtime vs PyTorch.
     3. Benchmark (:func:`qgait.workflows.deploy.run_benchmark`): the trained CPU model (``fp_checkpoint``, its
-       W8A8 and PTQ int8 variants, and ``q_checkpoint``'s export as ``ort_int8_given``) and, unless ``quick``, the full-size GaitBase (random weights:
-       speed does not depend on the weights' values); ``bench_variants``: a subset of
-       :data:`qgait.workflows.deploy.BENCH_VARIANTS` (default all).
+       W8A8 and PTQ int8 variants, and ``q_checkpoint``'s export as ``ort_int8_given``) and, unless ``quick``,
+       the full-size GaitBase (random weights: speed does not depend on the weights' values);
+       ``bench_variants``: a subset of :data:`qgait.workflows.deploy.BENCH_VARIANTS` (default all).
 
     Returns:
         ``{"export", "parity", "bench", "parity_table", "bench_table"}``; also written to
