@@ -3,8 +3,10 @@
 Every config in ``results/ablation/configs/`` (in the order of ``ORDER``) is run with ``qgait quantize`` from
 the same full-precision checkpoint (default: ``zoo/gaitbase_casiab_cpu/model.pt``) into
 ``runs/ablation/<name>/``; its ``summary.json`` is copied to ``results/ablation/<name>.json`` and the table
-``results/ablation/README.md`` is rewritten after each run. Finished runs are skipped, unfinished ones resume
-mid-stage, so the script can be stopped and started again.
+``results/ablation/README.md`` is rewritten after each run. The run's quantized inference model (``model.pt``,
+weights only, about 2 MB) is kept with its config and summary in ``zoo/ablation/<name>/``, so that export and
+parity work starts from it without retraining. Finished runs are skipped, unfinished ones resume mid-stage, so the
+script can be stopped and started again.
 
     python scripts/ablation.py [--only lsq_w4a4,qgait_w4a4] [--from CKPT]
 """
@@ -22,9 +24,11 @@ from qgait.evaluation.report import rank1_row
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results" / "ablation"
+ZOO = REPO / "zoo" / "ablation"
+ZOO_LIMIT_BYTES = 5 * 2**20  # zoo/ holds CPU-recipe checkpoints under 5 MB only
 ORDER = [
     "ptq_w8a8", "ptq_w4a4", "lsq_w8a8", "lsq_w4a4", "soft_from_start_w4a4", "two_stage_w4a4", "lsq_idc_w4a4",
-    "qgait_w8a8", "qgait_w4a4", "qgait_w3a3",
+    "qgait_w8a8", "qgait_w4a4", "qgait_w3a3", "lsq_w3a3", "qgait_w4a4_idc10", "qgait_w4a4_idc100",
 ]
 ROWS = {  # what each run is, for the table
     "ptq_w8a8": "PTQ (MSE calibration) W8A8", "ptq_w4a4": "PTQ (MSE calibration) W4A4",
@@ -32,6 +36,8 @@ ROWS = {  # what each run is, for the table
     "soft_from_start_w4a4": "soft quantizer from the start W4A4", "two_stage_w4a4": "two-stage, no IDC W4A4",
     "lsq_idc_w4a4": "LSQ + IDC W4A4", "qgait_w8a8": "QGait (two-stage + IDC) W8A8",
     "qgait_w4a4": "QGait (two-stage + IDC) W4A4", "qgait_w3a3": "QGait (two-stage + IDC) W3A3",
+    "lsq_w3a3": "LSQ (STE) W3A3", "qgait_w4a4_idc10": "QGait W4A4, IDC weight 10",
+    "qgait_w4a4_idc100": "QGait W4A4, IDC weight 100",
 }
 
 
@@ -62,6 +68,21 @@ def write_table(fp: dict) -> None:
     (RESULTS / "README.md").write_text("\n".join(lines) + "\n")
 
 
+def keep_checkpoint(name: str, run_dir: Path, summary: Path) -> Path | None:
+    """Copy ``run_dir/model.pt`` (+ ``config.yaml``, the summary as ``results.json``) to ``zoo/ablation/<name>/``;
+    skipped (returns ``None``) when the run wrote no model (PTQ writes one too) or it is over the zoo's 5 MB."""
+    model = run_dir / "model.pt"
+    if not model.is_file() or model.stat().st_size > ZOO_LIMIT_BYTES:
+        return None
+    dest = ZOO / name
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(model, dest / "model.pt")
+    if (run_dir / "config.yaml").is_file():
+        shutil.copy(run_dir / "config.yaml", dest / "config.yaml")
+    shutil.copy(summary, dest / "results.json")
+    return dest
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--from", dest="fp", type=Path, default=REPO / "zoo" / "gaitbase_casiab_cpu" / "model.pt")
@@ -89,6 +110,7 @@ def main() -> int:
         png = run_dir / "interclass_distances.png"
         if png.is_file():
             shutil.copy(png, RESULTS / f"{name}_interclass_distances.png")
+        keep_checkpoint(name, run_dir, out)
         write_table(fp)
     write_table(fp)
     return 0

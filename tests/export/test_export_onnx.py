@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import onnx
 import pytest
@@ -10,7 +12,8 @@ from onnx import numpy_helper
 
 from qgait.export import export_onnx, export_qdq, read_qgait_metadata
 from qgait.export.fold import conv_bn_pairs, fold_model
-from qgait.quant import QuantLayer
+from qgait.export.onnx_export import residual_convs
+from qgait.quant import QuantLayer, output_quantizers
 
 from .conftest import SIZE, cosines, ort_run
 
@@ -195,9 +198,10 @@ def test_bias_matching_and_requant_choices_on_real_frames(w4a4, w8a8, calib, pro
     good = export_qdq(qmodel, tmp_path / "good.onnx", SIZE, calib=calib)
     c_good, c_plain = cos_of(good.path), cos_of(plain.path)
     assert c_good >= 0.999 and c_good >= c_plain
-    # 8-bit activations: residual requantization and the uint8 first input stay on ("auto")
+    # 8-bit activations: residual requantization stays on ("auto"); the first input is float because the stem
+    # has 8-bit weights (int16 saturation, test_first_input_auto_avoids_int16_saturation)
     r8 = export_qdq(w8a8[0], tmp_path / "w8.onnx", SIZE, calib=calib)
-    assert r8.details["requantized"] and r8.details["first_input"] == "uint8"
+    assert r8.details["requantized"] and r8.details["first_input"] == "float"
 
 
 def test_conv_integer_kernel_is_exact(w4a4, probes, tmp_path):
@@ -237,20 +241,26 @@ def test_ort_runs_the_qdq_graph_on_int8_kernels(exports, tmp_path):
     so.optimized_model_filepath = str(tmp_path / "opt.onnx")
     ort.InferenceSession(exports["w8a8"].path, so, providers=["CPUExecutionProvider"])
     ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
-    # all 12 backbone convs fused into QLinearConv; only the per-part FC (embedding output) stays a float Conv
-    assert ops.count("QLinearConv") == 12
-    assert ops.count("Conv") + ops.count("FusedConv") == 1
+    # the 11 backbone convs after the stem fused into QLinearConv; the stem (float input: 8-bit weights, int16
+    # saturation) and the per-part FC (embedding output) stay float convs
+    assert ops.count("QLinearConv") == 11
+    assert ops.count("Conv") + ops.count("FusedConv") == 2
 
 
-def test_ort_ptq_quantizes_every_conv(fp_model, calib, probes, tmp_path):
+def test_ort_ptq_quantizes_every_conv_but_the_stem(fp_model, calib, probes, tmp_path):
     from qgait.export.ort_ptq import quantize_onnx
 
     fp = export_onnx(fp_model, tmp_path / "fp.onnx", SIZE)
     r = quantize_onnx(fp.path, tmp_path / "ptq.onnx", calib)
-    assert r.kind == "int8-ptq" and r.details["quantized_convs"] == 13  # per-part FC (grouped Conv1d) included
+    # per-part FC (grouped Conv1d) included; the stem stays float (int16 saturation of its silhouette input)
+    assert r.kind == "int8-ptq" and r.details["quantized_convs"] == 12 and r.details["ptq"]["first_conv"] == "float"
     assert r.bytes < fp.bytes
     cos = torch.cat([cosines(ort_run(r.path, x), fp_model(x).detach()) for x in probes])
     assert float(cos.mean()) >= 0.99
+    all8 = quantize_onnx(fp.path, tmp_path / "ptq8.onnx", calib, first_conv="int8")
+    assert all8.details["quantized_convs"] == 13
+    with pytest.raises(ValueError, match="first_conv"):
+        quantize_onnx(fp.path, tmp_path / "x.onnx", calib, first_conv="int4")
 
 
 def test_pt2e_learned_steps_match_fake_quant_and_lower_to_int8(w8a8, probes):
@@ -279,3 +289,89 @@ def test_float_weights_option_same_outputs(exports, w4a4, probes, tmp_path):
     for x in probes:
         a, b = ort_run(r.path, x), ort_run(exports["w4a4"].path, x)
         assert float(cosines(a, b).min()) >= 0.99999
+
+
+def _with_output_quant(fp_model, calib, bits):
+    from qgait.quant import QuantConfig, calibrate_, find_residual_outputs, quantize_
+
+    m = copy.deepcopy(fp_model)
+    names = find_residual_outputs(m, calib[0])
+    quantize_(m, QuantConfig(weight_bits=bits, act_bits=bits, lsq_init="mse", output_quant=names))
+    calibrate_(m, calib, method="percentile", max_samples=2**15)
+    return m.eval(), names
+
+
+def _optimized_ops(path, tmp_path) -> list[str]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_output_quantizers_make_every_conv_integer_and_exact(fp_model, calib, probes, tmp_path, bits):
+    # the residual operands trained on a grid: no requantization, every backbone conv a QLinearConv, and ORT
+    # takes the fake-quant model's decisions (W4A4 without output quantizers: 8 of 12 backbone convs float)
+    qmodel, names = _with_output_quant(fp_model, calib, bits)
+    assert len(names) == 7  # 4 blocks' bn2 + 3 downsample batch norms
+    r = export_qdq(qmodel, tmp_path / f"w{bits}.onnx", SIZE, calib=calib)
+    d = r.details
+    assert d["requantized"] == {} and len(d["output_grids"]) == 7
+    assert residual_convs(onnx.load(r.path)) == []
+    ops = _optimized_ops(r.path, tmp_path)
+    first_int8 = d["first_input"] == "uint8"
+    assert ops.count("QLinearConv") == 11 + first_int8  # all backbone convs; the stem too with a uint8 input
+    cos = torch.cat([cosines(ort_run(r.path, x), qmodel(x).detach()) for x in probes])
+    assert float(cos.mean()) >= 0.9999 and float(cos.min()) >= 0.999, cos
+
+
+def test_output_grid_is_the_learned_step_with_zero_point_128(fp_model, calib, tmp_path):
+    qmodel, names = _with_output_quant(fp_model, calib, 4)
+    r = export_qdq(qmodel, tmp_path / "w4.onnx", SIZE, calib=calib)
+    m = onnx.load(r.path)
+    steps = {float(q.scale) for _, q in output_quantizers(qmodel)}
+    zps = {}
+    for n in m.graph.node:
+        if n.op_type == "QuantizeLinear" and len(n.input) > 2:
+            zps.setdefault(int(_const(m, n.input[2])), set()).add(float(_const(m, n.input[1])))
+    assert 128 in zps  # the signed residual operands, stored as uint8 + 128
+    assert all(any(abs(s - t) <= 1e-6 * t for t in zps[128]) for s in steps)
+
+
+def test_first_input_auto_avoids_int16_saturation(w8a8, calib, probes, tmp_path):
+    from qgait.export.onnx_export import resolve_first_input
+
+    assert resolve_first_input("auto", (32, 22), low_bit_acts=False, first_weight_max=64) == "uint8"
+    assert resolve_first_input("auto", (32, 22), low_bit_acts=False, first_weight_max=65) == "float"
+    assert resolve_first_input("auto", (64, 44), low_bit_acts=True, first_weight_max=8) == "uint8"
+    assert resolve_first_input("auto", (32, 22), low_bit_acts=True, first_weight_max=8) == "float"
+    # 8-bit first-conv weights: the silhouette levels (up to 255) would overflow ORT's non-VNNI int16 pair sums
+    qmodel = w8a8[0]
+    assert int(qmodel.backbone.module[0].int_weight()[0].abs().max()) > 64
+    r = export_qdq(qmodel, tmp_path / "w8.onnx", SIZE, calib=calib)
+    assert r.details["first_input"] == "float"
+    assert r.details["saturation_risk"]  # the 8-bit layers: a worst-case bound, reported
+    forced = export_qdq(qmodel, tmp_path / "w8u.onnx", SIZE, calib=calib, first_input="uint8")
+    assert forced.details["first_input"] == "uint8"
+    cos = torch.cat([cosines(ort_run(r.path, x), qmodel(x).detach()) for x in probes])
+    assert float(cos.mean()) >= 0.999
+
+
+def test_output_quantizer_on_a_float_conv_is_refused(fp_model, calib, tmp_path):
+    from qgait.export import FoldError
+    from qgait.quant import QuantConfig, calibrate_, quantize_
+
+    m = copy.deepcopy(fp_model)
+    quantize_(m, QuantConfig(weight_bits=8, act_bits=8, exclude=["backbone.module.3.conv2"],
+                             output_quant=["backbone.module.3.bn2"]))
+    calibrate_(m, calib[:1])
+    with pytest.raises(FoldError, match="float"):
+        export_qdq(m.eval(), tmp_path / "x.onnx", SIZE, calib=calib)
+    m2 = copy.deepcopy(fp_model)
+    quantize_(m2, QuantConfig(weight_bits=8, act_bits=8, output_quant=["backbone.module.2"]))  # a ReLU
+    calibrate_(m2, calib[:1])
+    with pytest.raises(FoldError, match="output quantizer"):
+        export_qdq(m2.eval(), tmp_path / "y.onnx", SIZE, calib=calib)

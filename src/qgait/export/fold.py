@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..quant import LSQQuantizer, QuantLayer
+from ..quant import LSQQuantizer, QuantLayer, output_quantizers
 
 __all__ = ["ActSpec", "ConvSpec", "FoldError", "conv_bn_pairs", "fold_model", "conv_specs"]
 
@@ -55,7 +55,8 @@ class ConvSpec:
 
     ``weight``/``bias`` are the folded float tensors (for a quantized conv ``weight == w_int * w_scale``);
     ``w_int`` (int8, ``[C_out, ...]``), ``w_scale`` (``[C_out]``, float32) and ``weight_bits`` are set for quantized
-    convs; ``act`` is the input quantizer (``None``: float / exact input).
+    convs; ``act`` is the input quantizer (``None``: float / exact input); ``out_act`` the learned grid of the
+    (folded) output, from an output quantizer on the conv or on its batch norm (``QuantConfig.output_quant``).
     """
 
     name: str
@@ -68,6 +69,7 @@ class ConvSpec:
     act: ActSpec | None = None
     overflow: int = 0
     meta: dict = field(default_factory=dict)
+    out_act: ActSpec | None = None
 
     @property
     def quantized(self) -> bool:
@@ -137,9 +139,9 @@ def _act_spec(q: nn.Module | None, name: str) -> ActSpec | None:
     if not isinstance(q, LSQQuantizer):
         raise FoldError(f"{name}: input quantizer {type(q).__name__} is not an LSQQuantizer; cannot export it")
     if not q.is_initialized or q.is_signed is None:
-        raise FoldError(f"{name}: input quantizer not initialised (calibrate the model before export)")
+        raise FoldError(f"{name}: activation quantizer not initialised (calibrate the model before export)")
     if not q.enabled:
-        raise FoldError(f"{name}: input quantizer is disabled; enable it or export the FP model")
+        raise FoldError(f"{name}: activation quantizer is disabled; enable it or export the FP model")
     return ActSpec(float(q.scale), q.bits, bool(q.is_signed), q.q_n, q.q_p)
 
 
@@ -155,6 +157,18 @@ def conv_specs(model: nn.Module, example: Tensor) -> dict[str, ConvSpec]:
             raise FoldError(f"{name}: {type(m).__name__} is not supported by the exporters (convolutions only)")
     pairs = conv_bn_pairs(model, example)
     mods = dict(model.named_modules())
+    bn_conv = {b: c for c, b in pairs.items()}
+    out_q: dict[str, nn.Module] = {}  # conv name -> the quantizer of its folded output
+    for name, q in output_quantizers(model):
+        conv = name if isinstance(mods[name], _CONV) else bn_conv.get(name)
+        if conv is None:
+            raise FoldError(f"{name}: an output quantizer is exported only on a conv or on the batch norm that "
+                            f"follows one ({type(mods[name]).__name__} here)")
+        if conv in out_q:
+            raise FoldError(f"{conv}: output quantizers on both the conv and its batch norm")
+        if conv != name and getattr(mods[conv], "output_quantizer", None) is not None:
+            raise FoldError(f"{conv}: output quantizers on both the conv and its batch norm {name}")
+        out_q[conv] = q
     specs: dict[str, ConvSpec] = {}
     for name, conv in mods.items():
         if not isinstance(conv, _CONV):
@@ -193,6 +207,8 @@ def conv_specs(model: nn.Module, example: Tensor) -> dict[str, ConvSpec]:
         else:
             weight = (conv.weight.detach().double() * g.reshape(bshape)).float()
             specs[name] = ConvSpec(name, weight, bias, bn_name)
+        if name in out_q:
+            specs[name].out_act = _act_spec(out_q[name], f"{name} output")
     return specs
 
 

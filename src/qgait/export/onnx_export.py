@@ -15,14 +15,19 @@ activation step (uint8, zero point 0, when unsigned; int8 when signed; a ``Clip`
   1/255. Stored frames are ``k / 255``, so at 64x44 this is exact; after a resize (e.g. 32x22) it rounds to the
   nearest 1/255 (error <= 1/510). It lets ONNX Runtime run the first conv, whose output is the largest activation
   of the network, on int8 kernels. ``"auto"`` (default): uint8 at 64x44 or with 8-bit activation grids, float
-  otherwise (at 4-bit grids the 1/510 error moves activations across thresholds: W4A4 cosine 0.9895).
+  otherwise (at 4-bit grids the 1/510 error moves activations across thresholds: W4A4 cosine 0.9895), and float
+  whenever the first conv has integer weights above 64 (8-bit weights): silhouette levels up to 255 then overflow
+  the int16 pair sums of ONNX Runtime's u8s8 kernels on CPUs without VNNI (W8A8 cosine 0.908), see
+  :func:`resolve_first_input`; the report lists the other convs at risk (``saturation_risk``).
 - ``requant`` (needs calibration batches): ONNX Runtime runs a conv on int8 kernels (``QLinearConv``) only when
   its output is quantized too. In the QAT model a conv's output is quantized only through the next layer's input
   quantizer, which ORT reaches through the ReLU (``Conv -> Relu -> QuantizeLinear`` fuses) except for the convs
   whose output is added to a residual (a BasicBlock's ``conv2`` and ``downsample``): these get an extra uint8
   requantization of their output with a min-max range from the calibration batches. Without it they run as
   float convs on dequantized weights (exact QAT semantics, slower). ``"auto"`` (default): only with 8-bit
-  activation grids.
+  activation grids. A model trained with output quantizers on those tensors (``QuantConfig.output_quant``,
+  :mod:`qgait.quant.outputs`) needs none of this: their learned grid is the conv's output grid (uint8, zero point
+  128 for a signed grid), so every conv runs as ``QLinearConv`` with the QAT model's own decisions.
 - ``match_bias`` (default on): ``QLinearConv`` takes an int32 bias on the grid ``s_x * s_w``; plain rounding
   shifts a whole channel by up to half an accumulator step, which at 4-bit grids (8-30 accumulator steps per
   output level) flips about 1 % of the activations per layer. :func:`quantize_conv_biases` instead stores each
@@ -628,12 +633,15 @@ def _qdq_deploy(model: nn.Module, example: torch.Tensor, first_input: str) -> tu
 
     def make(conv: nn.Module, spec: ConvSpec) -> nn.Module:
         if not spec.quantized:
+            if spec.out_act is not None:
+                raise FoldError(f"{spec.name}: an output quantizer on a float (not quantized) conv cannot be "
+                                "exported; quantize the conv too or drop it from output_quant")
             return plain_conv(conv, spec.weight, spec.bias)
         act = spec.act
         if act is None and first_input == "uint8":
             act = first_act
             spec.meta["input"] = "uint8 1/255 (added at export)"
-        return QDQConv(conv, spec, act)
+        return QDQConv(conv, spec, act, out_act=spec.out_act)
 
     return fold_model(model, example, make_conv=make)
 
@@ -648,14 +656,47 @@ def has_low_bit_activations(model: nn.Module, input_size: Sequence[int]) -> bool
     return any(s.act is not None and s.act.bits < 8 for s in conv_specs(model, _example(input_size)).values())
 
 
-def resolve_first_input(first_input: str, input_size: Sequence[int], low_bit_acts: bool = True) -> str:
+INT16_PAIR_LIMIT = 32767
+"""ONNX Runtime's u8s8 kernels on CPUs without VNNI (AVX2) add pairs of ``u8 * s8`` products in saturating int16
+(``vpmaddubsw``): a layer is safe when ``2 * max input level * max |weight level| <= 32767``."""
+
+
+def saturation_risk(specs: dict[str, ConvSpec], first_input: str) -> list[str]:
+    """Names of the quantized convs whose uint8 input levels and int8 weights can overflow the int16 pair sums of
+    ONNX Runtime's non-VNNI u8s8 kernels (:data:`INT16_PAIR_LIMIT`); ``first_input`` ``"uint8"``: the exact-input
+    conv reads levels up to 255."""
+    risky = []
+    for name, s in specs.items():
+        if not s.quantized:
+            continue
+        if s.act is not None:
+            top = s.act.q_p + (128 if s.act.signed else 0)  # signed grids are stored as uint8 + 128
+        elif first_input == "uint8":
+            top = 255
+        else:
+            continue
+        if 2 * top * int(s.w_int.abs().max()) > INT16_PAIR_LIMIT:
+            risky.append(name)
+    return risky
+
+
+def resolve_first_input(first_input: str, input_size: Sequence[int], low_bit_acts: bool = True,
+                        first_weight_max: int | None = None) -> str:
     """``"auto"`` -> ``"uint8"`` when the model takes the stored 64x44 frames (the 1/255 grid is exact) or when
-    every activation grid is 8-bit (``low_bit_acts=False``: a 1/510 input error is small against them), else
-    ``"float"``: a resized frame is off the 1/255 grid, and at 4-bit activations rounding it costs parity
-    (W4A4 CPU recipe: cosine 0.9895 with a uint8 first input, 0.99998 float)."""
+    every activation grid is 8-bit (``low_bit_acts=False``: a 1/510 input error is small against them), and the
+    first conv's largest integer weight ``first_weight_max`` is at most 64; else ``"float"``. A resized frame is
+    off the 1/255 grid, and at 4-bit activations rounding it costs parity (W4A4 CPU recipe: cosine 0.9895 with a
+    uint8 first input, 0.99998 float). Above 64 the silhouette levels (up to 255) overflow the int16 pair sums of
+    ONNX Runtime's u8s8 kernels on CPUs without VNNI (:data:`INT16_PAIR_LIMIT`): W8A8 CPU recipe with 8-bit
+    first-conv weights, cosine 0.908 with a uint8 first input, 0.99990 float (``python scripts/ptq_first_conv.py``).
+
+    Raises:
+        ValueError: ``first_input`` not ``"auto"``, ``"uint8"`` or ``"float"``.
+    """
     if first_input == "auto":
         exact = tuple(int(v) for v in input_size) == STORED_FRAME_SIZE
-        return "uint8" if exact or not low_bit_acts else "float"
+        safe = first_weight_max is None or 2 * 255 * int(first_weight_max) <= INT16_PAIR_LIMIT
+        return "uint8" if (exact or not low_bit_acts) and safe else "float"
     if first_input not in ("uint8", "float"):
         raise ValueError(f"first_input must be 'auto', 'uint8' or 'float', got {first_input!r}")
     return first_input
@@ -720,14 +761,16 @@ def export_qdq(
         raise ValueError("model is not quantized: use export_onnx (FP32) or quantize_onnx (ORT PTQ)")
     if conv_kernel not in CONV_KERNELS:
         raise ValueError(f"conv_kernel must be one of {CONV_KERNELS}, got {conv_kernel!r}")
-    low_bit = has_low_bit_activations(model, input_size)
-    first_input = resolve_first_input(first_input, input_size, low_bit)
+    example = _example(input_size)
+    specs0 = conv_specs(model, example)
+    low_bit = any(s.act is not None and s.act.bits < 8 for s in specs0.values())
+    first_w = [int(s.w_int.abs().max()) for s in specs0.values() if s.quantized and s.act is None]
+    first_input = resolve_first_input(first_input, input_size, low_bit, max(first_w) if first_w else None)
     qlinear = conv_kernel == "qlinear"
     if requant == "auto":
         requant = not low_bit
     elif not isinstance(requant, bool):
         raise ValueError(f"requant must be True, False or 'auto', got {requant!r}")
-    example = _example(input_size)
     deploy, specs = _qdq_deploy(model, example, first_input)
     proto = _to_onnx(deploy, example, opset)
     requantized: dict[str, dict] = {}
@@ -768,6 +811,8 @@ def export_qdq(
         "requant": bool(requant and qlinear),
         "requant_skipped": bool(qlinear and requant and calib is None),
         "overflow": sum(s.overflow for s in specs.values()),
+        "output_grids": sorted(n for n, s in specs.items() if s.out_act is not None),
+        "saturation_risk": saturation_risk(specs, first_input) if qlinear else [],
         "int32_biases": bias_stats.get("converted", 0),
         "bias_match": bias_stats,
         "integer_convs": len(integer_convs),

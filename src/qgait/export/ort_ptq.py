@@ -6,6 +6,13 @@ The graph is first pre-processed with ``quant_pre_process(skip_symbolic_shape=Tr
 crashes on the exported graph). GaitBase's per-part FC is a grouped 1x1 ``Conv`` (not a batched ``MatMul``), so it
 is quantized like every other conv: :func:`quantize_onnx` checks that every ``Conv`` reads int8 weights.
 
+The first conv stays float by default (``first_conv="float"``): its uint8 input is the silhouette itself (levels up
+to 255, most pixels 0 or 255) and on a CPU without VNNI (AVX2, e.g. this AMD EPYC) ONNX Runtime's u8s8 kernels sum
+pairs of ``u8 * s8`` products in saturating int16 (``vpmaddubsw``): ``255 * w1 + 255 * w2`` overflows as soon as two
+neighbouring weights exceed 64. Measured on the trained CPU recipe (`python scripts/ptq_first_conv.py`), cosine to
+the FP model over 24 real test sequences: first conv int8 0.907, first conv float 0.9996. The float first conv
+costs a few per cent of the latency (its input has one channel).
+
 Unlike :func:`qgait.export.export_qdq` this re-calibrates everything: it is the baseline that QAT is compared with.
 """
 
@@ -90,6 +97,7 @@ def quantize_onnx(
     method: str = "minmax",
     per_channel: bool = True,
     activation_type: str = "uint8",
+    first_conv: str = "float",
 ) -> ExportReport:
     """Quantize an FP32 ONNX gait model (from :func:`qgait.export.export_onnx`) with ORT static quantization.
 
@@ -100,12 +108,15 @@ def quantize_onnx(
         method: ``"minmax"``, ``"entropy"`` or ``"percentile"`` (ORT calibration methods).
         per_channel: per-output-channel weight scales.
         activation_type: ``"uint8"`` (u8s8, default) or ``"int8"`` (s8s8).
+        first_conv: ``"float"`` (default: left out of the quantization, see the module docstring: int16
+            saturation of the silhouette input on non-VNNI CPUs) or ``"int8"``.
 
     Returns:
         :class:`~qgait.export.onnx_export.ExportReport` (kind ``"int8-ptq"``).
 
     Raises:
-        RuntimeError: a ``Conv`` (e.g. the per-part FC) was left with float weights.
+        ValueError: unknown ``method``, ``activation_type`` or ``first_conv``.
+        RuntimeError: a ``Conv`` (e.g. the per-part FC) other than a float first conv was left with float weights.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -116,7 +127,11 @@ def quantize_onnx(
         raise ValueError(f"method must be one of {sorted(methods)}, got {method!r}")
     if activation_type not in ("uint8", "int8"):
         raise ValueError(f"activation_type must be 'uint8' or 'int8', got {activation_type!r}")
+    if first_conv not in ("float", "int8"):
+        raise ValueError(f"first_conv must be 'float' or 'int8', got {first_conv!r}")
     src = onnx.load(str(fp_model))
+    src_convs = [n for n in src.graph.node if n.op_type == "Conv"]
+    exclude = [src_convs[0].name] if first_conv == "float" and src_convs else []
     meta = read_qgait_metadata(src)
     input_size = meta.get("input_size") or [d.dim_value for d in src.graph.input[0].type.tensor_type.shape.dim[2:]]
     reader = calib if hasattr(calib, "get_next") else BatchReader(calib)
@@ -127,19 +142,21 @@ def quantize_onnx(
         quantize_static(
             str(pre), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
             activation_type=QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8,
-            weight_type=QuantType.QInt8, calibrate_method=methods[method],
+            weight_type=QuantType.QInt8, calibrate_method=methods[method], nodes_to_exclude=exclude,
         )
         model = onnx.load(str(out))
     prod = {o: n for n in model.graph.node for o in n.output}
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     float_w = [n.name or n.output[0] for n in convs
-               if prod.get(n.input[1]) is None or prod[n.input[1]].op_type != "DequantizeLinear"]
+               if (prod.get(n.input[1]) is None or prod[n.input[1]].op_type != "DequantizeLinear")
+               and n.name not in exclude]
     if float_w:
         raise RuntimeError(f"ORT static quantization left these convs with float weights: {float_w}")
     info = {k: v for k, v in meta.items() if k not in ("kind", "input_size")}
     info.update(ptq={"method": method, "per_channel": per_channel, "activations": activation_type,
-                     "weights": "int8", "calibration_batches": len(getattr(reader, "batches", []))},
-                quantized_convs=len(convs))
+                     "weights": "int8", "calibration_batches": len(getattr(reader, "batches", [])),
+                     "first_conv": first_conv},
+                quantized_convs=len(convs) - len(exclude))
     return _finish(model, path, "int8-ptq", input_size, info)
 
 

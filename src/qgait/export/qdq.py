@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from .fold import ActSpec, ConvSpec
 
-__all__ = ["QDQConv", "fake_quant_act"]
+__all__ = ["QDQConv", "fake_quant_act", "fake_quant_output"]
 
 _qd = torch.ops.quantized_decomposed
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -43,6 +43,19 @@ def fake_quant_act(x: Tensor, act: ActSpec) -> Tensor:
     return _qd.dequantize_per_tensor.default(q, act.scale, 0, lo, hi, dt)
 
 
+def fake_quant_output(y: Tensor, act: ActSpec) -> Tensor:
+    """A conv output on ``act``'s learned grid (``QuantConfig.output_quant``), always as uint8: a signed grid
+    ``k * s`` (``k`` in ``[-Q_N, Q_P]``) is stored as ``k + 128`` (zero point 128), so that ONNX Runtime fuses
+    the conv into a u8s8 ``QLinearConv`` with a uint8 output like every other; levels outside the grid are
+    clamped on the integers (``Clip`` on uint8), as for the input grids."""
+    zp = 128 if act.signed else 0
+    q = _qd.quantize_per_tensor.default(y, act.scale, zp, 0, 255, torch.uint8)
+    lo, hi = zp - act.q_n, zp + act.q_p
+    if (lo, hi) != (0, 255):
+        q = torch.clamp(q, lo, hi)
+    return _qd.dequantize_per_tensor.default(q, act.scale, zp, 0, 255, torch.uint8)
+
+
 class QDQConv(nn.Module):
     """A folded quantized conv: ``conv(Q_a(x), DQ(W_int8, s_w per channel), bias)``.
 
@@ -54,13 +67,19 @@ class QDQConv(nn.Module):
         act: the input grid, or None for a float input.
         out_q: optional ``(scale, zero_point)`` of a uint8 requantization of the output (ONNX Runtime needs the
             output of a conv quantized to run it as ``QLinearConv``).
+        out_act: optional learned output grid (``spec.out_act``, :func:`fake_quant_output`); excludes ``out_q``.
+
+    Raises:
+        ValueError: ``spec`` is not quantized; both ``out_q`` and ``out_act``.
     """
 
     def __init__(self, conv: nn.Module, spec: ConvSpec, act: ActSpec | None,
-                 out_q: tuple[float, int] | None = None) -> None:
+                 out_q: tuple[float, int] | None = None, out_act: ActSpec | None = None) -> None:
         super().__init__()
         if spec.w_int is None or spec.w_scale is None:
             raise ValueError(f"{spec.name}: QDQConv needs a quantized conv spec")
+        if out_q is not None and out_act is not None:
+            raise ValueError(f"{spec.name}: give out_q or out_act, not both")
         self.dims = conv.weight.dim() - 2
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
         self.register_buffer("w_int", spec.w_int.clone().to(torch.int8))
@@ -69,6 +88,7 @@ class QDQConv(nn.Module):
         self.register_buffer("bias", spec.bias.clone().float())
         self.act = act
         self.out_q = out_q
+        self.out_act = out_act
         self.weight_bits = spec.weight_bits
 
     def forward(self, x: Tensor) -> Tensor:
@@ -80,6 +100,8 @@ class QDQConv(nn.Module):
             s, zp = self.out_q
             y = _qd.dequantize_per_tensor.default(
                 _qd.quantize_per_tensor.default(y, s, zp, 0, 255, torch.uint8), s, zp, 0, 255, torch.uint8)
+        if self.out_act is not None:
+            y = fake_quant_output(y, self.out_act)
         return y
 
     def extra_repr(self) -> str:

@@ -9,10 +9,12 @@ Public API::
     soft_round, soft_round_derivative, round_ste, round_soft_backward, grid_range
     QuantConv1d, QuantConv2d, QuantConv3d, QuantLinear, QuantLayer  # layers (modules.py)
     quantize_, calibrate_, set_rounding_, set_alpha_, alpha_at, ...  # model verbs (transform.py)
+    find_residual_outputs, output_quantizers, attach_output_quantizer  # output quantizers (outputs.py)
 """
 
 from .config import BitSpec, QuantConfig, SoftQuantConfig, rounding_for
 from .modules import QUANT_TWINS, QuantConv1d, QuantConv2d, QuantConv3d, QuantLayer, QuantLinear
+from .outputs import attach_output_quantizer, find_residual_outputs, output_quantizers
 from .quantizers import (
     ActObserver,
     LSQQuantizer,
@@ -75,4 +77,7 @@ __all__ = [
     "set_quant_enabled_",
     "set_rounding_",
     "step_parameters",
+    "attach_output_quantizer",
+    "find_residual_outputs",
+    "output_quantizers",
 ]

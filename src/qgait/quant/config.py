@@ -94,6 +94,11 @@ class QuantConfig(_Strict):
         Which ``torch.nn`` classes are replaced (exact type match, subclasses are left alone).
     ptq_method, ptq_percentile:
         Step calibration for ``quantizer="ptq"``.
+    output_quant:
+        ``fnmatch`` patterns of module names whose OUTPUT gets a learned per-tensor activation quantizer
+        (``act_bits``, or the ``act`` of a matching ``bit_map`` key; sign from the data): the pre-residual tensors
+        an integer runtime must requantize (:mod:`qgait.quant.outputs`; ``find_residual_outputs`` lists them, for
+        GaitBase ``["*.bn2", "*.downsample.1"]``). Every pattern must match a module. Default none.
     lsq_init:
         Step initialisation for ``lsq`` / ``soft``: ``"lsq"`` is ``2 mean|x| / sqrt(Q_P)`` (LSQ, Esser et al.
         ICLR 2020, section 2). It is a training start, not a PTQ: at 8 bits it covers about +-21 of the +-127
@@ -118,6 +123,7 @@ class QuantConfig(_Strict):
     ptq_method: Literal["minmax", "percentile", "mse"] = "mse"
     ptq_percentile: float = Field(default=99.99, gt=50.0, le=100.0)
     lsq_init: Literal["lsq", "minmax", "mse"] = "lsq"
+    output_quant: list[str] = Field(default_factory=list)
 
     @field_validator("targets")
     @classmethod

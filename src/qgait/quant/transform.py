@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from .config import QuantConfig, SoftQuantConfig
 from .modules import QUANT_TWINS, QuantLayer
+from .outputs import attach_output_quantizer, output_quantizers
 from .quantizers import InitMethod, LSQQuantizer
 
 __all__ = [
@@ -80,7 +81,8 @@ def quantize_(model: nn.Module, config: QuantConfig | Mapping[str, Any]) -> nn.M
     excluded by ``config.exclude`` (a pattern matching the module's name or a parent's name). Bits per layer, by
     precedence: ``bit_map`` (exact name, else last matching pattern; ``weight``/``act`` independently) >
     ``keep_first_last_8bit`` (first and last layer: 8-bit weights and 8-bit input activations) > defaults.
-    The first layer has no input quantizer when ``first_layer_exact_input``. Weight/bias Parameters are shared
+    The first layer has no input quantizer when ``first_layer_exact_input``. Modules matching
+    ``config.output_quant`` get an output quantizer (:mod:`qgait.quant.outputs`). Weight/bias Parameters are shared
     with the replaced modules (no copy); modules registered under several names are replaced everywhere.
     Steps are not initialised here: call :func:`calibrate_` (or the first forward initialises lazily).
 
@@ -94,7 +96,7 @@ def quantize_(model: nn.Module, config: QuantConfig | Mapping[str, Any]) -> nn.M
     Raises:
         ValueError: model already quantized; nothing to quantize; the root module itself is a target; a name in
             ``first_layer``/``last_layer`` that is not a targeted layer; an ``exclude`` pattern matching no module;
-            a ``bit_map`` key matching no targeted layer.
+            a ``bit_map`` key matching no targeted layer; an ``output_quant`` pattern matching no module.
         pydantic.ValidationError: invalid mapping config.
     """
     cfg = config if isinstance(config, QuantConfig) else QuantConfig.model_validate(config)
@@ -120,8 +122,12 @@ def quantize_(model: nn.Module, config: QuantConfig | Mapping[str, Any]) -> nn.M
     for what, n in (("first_layer", first), ("last_layer", last)):
         if n not in tnames:
             raise ValueError(f"{what}={n!r} is not a targeted layer; targeted: {tnames}")
+    out_names = [n for n in names if n and any(_match(p, n) for p in cfg.output_quant)]
+    for pat in cfg.output_quant:
+        if not any(_match(pat, n) for n in names if n):
+            raise ValueError(f"output_quant pattern {pat!r} matches no module name")
     for key in cfg.bit_map:
-        if not any(_match(key, n) for n in tnames):
+        if not any(_match(key, n) for n in tnames + out_names):
             raise ValueError(f"bit_map key {key!r} matches no targeted layer; targeted: {tnames}")
 
     act_signed = {"auto": None, "signed": True, "unsigned": False}[cfg.act_signed]
@@ -159,6 +165,17 @@ def quantize_(model: nn.Module, config: QuantConfig | Mapping[str, Any]) -> nn.M
         for key, child in list(parent._modules.items()):
             if child is not None and id(child) in replace:
                 parent._modules[key] = replace[id(child)]
+    mods = dict(model.named_modules())
+    for name in out_names:
+        ab = cfg.act_bits
+        for key, spec in cfg.bit_map.items():
+            if _match(key, name) and spec.act is not None:
+                ab = spec.act  # last matching pattern wins
+        ref = next(iter(mods[name].parameters()), None)
+        q = LSQQuantizer(ab, signed=act_signed, per_channel=False, rounding=cfg.rounding, role="activation",
+                         init_method=cfg.init_method, percentile=cfg.ptq_percentile)
+        q.set_alpha(cfg.soft.alpha_start)
+        attach_output_quantizer(mods[name], q.to(ref.device) if ref is not None else q)
     return model
 
 
@@ -185,8 +202,8 @@ def calibrate_(
 ) -> nn.Module:
     """(Re)initialise every quantizer's step from data, in place (methods.md 1.2 init; PTQ calibration).
 
-    Weight quantizers: from their layer's weights. Input quantizers: an :class:`ActObserver` per quantizer records
-    the layer inputs of a floating-point forward pass (all quantizers bypassed) over the calibration batches, in
+    Weight quantizers: from their layer's weights. Input (and output) quantizers: an :class:`ActObserver` per
+    quantizer records the layer inputs (module outputs) of a floating-point forward pass (all quantizers bypassed) over the calibration batches, in
     eval mode under ``torch.no_grad``; then each step is set from all the batches it saw (and ``act_signed="auto"``
     decided: unsigned iff every observed value was >= 0). BN running statistics are not changed. The model's
     training flag is restored afterwards.
@@ -225,6 +242,8 @@ def calibrate_(
         aq = layer.input_quantizer
         if isinstance(aq, LSQQuantizer):
             act_qs[f"{name}.input_quantizer"] = aq
+    for name, oq in output_quantizers(model):
+        act_qs[f"{name}.output_quantizer"] = oq
     enabled = {id(q): q.enabled for _, q in iter_quantizers(model)}
     model.eval()
     n = 0
@@ -360,7 +379,8 @@ def quant_summary_dict(model: nn.Module) -> list[dict[str, Any]]:
 
     Keys: ``name``, ``type``, ``weight_bits``, ``act_bits`` (None: exact input), ``weight_per_channel``,
     ``act_signed`` (None: undecided or exact), ``weight_step_min/mean/max``, ``act_step`` (None until
-    initialised), ``initialized`` (all quantizers of the layer), ``rounding``.
+    initialised), ``initialized`` (all quantizers of the layer), ``rounding``. Output quantizers
+    (``QuantConfig.output_quant``) follow as rows named ``"<module> (output)"`` with ``weight_bits`` None.
     """
     rows = []
     for name, layer in quant_layers(model):
@@ -382,6 +402,12 @@ def quant_summary_dict(model: nn.Module) -> list[dict[str, Any]]:
                 rounding=w["rounding"],
             )
         )
+    for name, oq in output_quantizers(model):
+        a = _q_info(oq)
+        rows.append(dict(name=f"{name} (output)", type=type(model.get_submodule(name)).__name__, weight_bits=None,
+                         act_bits=a["bits"], weight_per_channel=None, act_signed=a["signed"], weight_step_min=None,
+                         weight_step_mean=None, weight_step_max=None, act_step=a["step_mean"],
+                         initialized=bool(a["initialized"]), rounding=a["rounding"]))
     return rows
 
 
@@ -413,5 +439,6 @@ def quant_summary(model: nn.Module) -> str:
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.append(f"{len(rows)} quantized layers")
+    n_out = sum(r["weight_bits"] is None for r in rows)
+    lines.append(f"{len(rows) - n_out} quantized layers" + (f", {n_out} output quantizers" if n_out else ""))
     return "\n".join(lines)

@@ -577,7 +577,8 @@ def _build_bench_artifacts(name: str, cfg: dict, tmp: Path, store, calib_sequenc
     """FP checkpoint, quantized checkpoint, FP32 / QDQ / PTQ ONNX, PT2E .pt2.
 
     The learned-steps INT8 variants run a W8A8 ``quantize_`` + ``calibrate_`` copy of the FP model (MSE steps on
-    the calibration batches); ``quant_checkpoint`` (a trained ``qgait-quant-model``, e.g. QGait W4A4) is exported
+    the calibration batches, output quantizers on the residual operands found by ``find_residual_outputs``, so that
+    the export needs no requantization); ``quant_checkpoint`` (a trained ``qgait-quant-model``, e.g. QGait W4A4) is exported
     too (``export_qdq`` defaults), for the ``ort_int8_given`` variant.
 
     Raises:
@@ -589,7 +590,7 @@ def _build_bench_artifacts(name: str, cfg: dict, tmp: Path, store, calib_sequenc
     from ..export.ort_ptq import quantize_onnx, store_calibration_batches
     from ..export.pt2e import pt2e_from_quantized, save_pt2
     from ..models import build_model
-    from ..quant import QuantConfig, calibrate_, quantize_
+    from ..quant import QuantConfig, calibrate_, find_residual_outputs, quantize_
 
     size = tuple(cfg["size"])
     if checkpoint is not None:
@@ -618,7 +619,8 @@ def _build_bench_artifacts(name: str, cfg: dict, tmp: Path, store, calib_sequenc
     art = {"fp_checkpoint": str(save_inference_model(d / "fp.pt", model, mname, args, size))}
     art["fp32_onnx"] = export_onnx(model, d / "fp32.onnx", size).path
     art["ptq_onnx"] = quantize_onnx(art["fp32_onnx"], d / "int8_ptq.onnx", calib).path
-    qcfg = QuantConfig(weight_bits=8, act_bits=8, lsq_init="mse")
+    qcfg = QuantConfig(weight_bits=8, act_bits=8, lsq_init="mse",
+                       output_quant=find_residual_outputs(model, calib[0]))
     quantize_(model, qcfg)
     calibrate_(model, calib, max_samples=2**16)
     model.eval()
