@@ -62,8 +62,7 @@ def build(d: Path, store: str) -> dict:
             key = f"qdq_w{bits}a{bits}_{'output_quant' if out else 'defaults'}"
             r = export_qdq(q.eval(), d / f"{key}.onnx", size, calib=calib)
             info[key] = {"first_input": r.details["first_input"], "requantized": len(r.details["requantized"]),
-                         "float_residual_convs": len(residual_convs(onnx.load(r.path))) if not
-                         r.details["requantized"] else 0}
+                         "float_residual_convs": len(residual_convs(onnx.load(r.path)))}
     return info
 
 

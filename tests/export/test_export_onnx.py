@@ -32,6 +32,16 @@ def _const(model: onnx.ModelProto, name: str) -> np.ndarray:
     raise KeyError(name)
 
 
+def _optimized_ops(path, tmp_path) -> list[str]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+
+
 def _bn_factor(bn) -> torch.Tensor:
     return (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()
 
@@ -205,18 +215,12 @@ def test_bias_matching_and_requant_choices_on_real_frames(w4a4, w8a8, calib, pro
 
 
 def test_conv_integer_kernel_is_exact(w4a4, probes, tmp_path):
-    import onnxruntime as ort
-
     qmodel = w4a4[0]
     r = export_qdq(qmodel, tmp_path / "ci.onnx", SIZE, conv_kernel="integer")
     ops = r.ops
     assert ops.get("ConvInteger") == 12 and r.details["integer_convs"] == 12  # all but the float-input stem
     assert r.details["requantized"] == {} and r.details["int32_biases"] == 0
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
-    ort.InferenceSession(r.path, so, providers=["CPUExecutionProvider"])
-    opt = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    opt = _optimized_ops(r.path, tmp_path)
     assert opt.count("ConvInteger") == 12
     for x in probes:
         assert float(cosines(ort_run(r.path, x), qmodel(x).detach()).min()) >= 0.9999
@@ -234,13 +238,7 @@ def test_qdq_without_requant_is_exact_semantics(w8a8, probes, tmp_path):
 
 
 def test_ort_runs_the_qdq_graph_on_int8_kernels(exports, tmp_path):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
-    ort.InferenceSession(exports["w8a8"].path, so, providers=["CPUExecutionProvider"])
-    ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    ops = _optimized_ops(exports["w8a8"].path, tmp_path)
     # the 11 backbone convs after the stem fused into QLinearConv; the stem (float input: 8-bit weights, int16
     # saturation) and the per-part FC (embedding output) stay float convs
     assert ops.count("QLinearConv") == 11
@@ -299,16 +297,6 @@ def _with_output_quant(fp_model, calib, bits):
     quantize_(m, QuantConfig(weight_bits=bits, act_bits=bits, lsq_init="mse", output_quant=names))
     calibrate_(m, calib, method="percentile", max_samples=2**15)
     return m.eval(), names
-
-
-def _optimized_ops(path, tmp_path) -> list[str]:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
-    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
 
 
 @pytest.mark.parametrize("bits", [4, 8])

@@ -166,8 +166,6 @@ def conv_specs(model: nn.Module, example: Tensor) -> dict[str, ConvSpec]:
                             f"follows one ({type(mods[name]).__name__} here)")
         if conv in out_q:
             raise FoldError(f"{conv}: output quantizers on both the conv and its batch norm")
-        if conv != name and getattr(mods[conv], "output_quantizer", None) is not None:
-            raise FoldError(f"{conv}: output quantizers on both the conv and its batch norm {name}")
         out_q[conv] = q
     specs: dict[str, ConvSpec] = {}
     for name, conv in mods.items():
@@ -234,6 +232,7 @@ def fold_model(
     example: Tensor,
     make_conv=None,
     check_atol: float | None = 1e-3,
+    specs: dict[str, ConvSpec] | None = None,
 ) -> tuple[nn.Module, dict[str, ConvSpec]]:
     """A deploy copy of ``model`` (eval mode) with every batch norm that follows a conv folded into it.
 
@@ -245,11 +244,12 @@ def fold_model(
             its input quantizer).
         check_atol: for FP models, the folded copy must reproduce ``model(example)`` within this absolute
             tolerance relative to the output scale (None: no check).
+        specs: :func:`conv_specs` of ``model`` for ``example`` when the caller has them already.
 
     Returns:
         ``(deploy_model, specs)``. Folded batch norms are replaced by ``nn.Identity``.
     """
-    specs = conv_specs(model, example)
+    specs = conv_specs(model, example) if specs is None else specs
     deploy = copy.deepcopy(model).eval()
     mods = dict(model.named_modules())
     for name, spec in specs.items():

@@ -628,7 +628,8 @@ def to_conv_integer(model: onnx.ModelProto) -> list[str]:
     return done
 
 
-def _qdq_deploy(model: nn.Module, example: torch.Tensor, first_input: str) -> tuple[nn.Module, dict[str, ConvSpec]]:
+def _qdq_deploy(model: nn.Module, example: torch.Tensor, first_input: str,
+                specs: dict[str, ConvSpec] | None = None) -> tuple[nn.Module, dict[str, ConvSpec]]:
     first_act = ActSpec(FIRST_INPUT_SCALE, 8, False, 0, 255, learned=False)
 
     def make(conv: nn.Module, spec: ConvSpec) -> nn.Module:
@@ -643,7 +644,7 @@ def _qdq_deploy(model: nn.Module, example: torch.Tensor, first_input: str) -> tu
             spec.meta["input"] = "uint8 1/255 (added at export)"
         return QDQConv(conv, spec, act, out_act=spec.out_act)
 
-    return fold_model(model, example, make_conv=make)
+    return fold_model(model, example, make_conv=make, specs=specs)
 
 
 CONV_KERNELS = ("integer", "qlinear")
@@ -651,9 +652,13 @@ STORED_FRAME_SIZE = (64, 44)
 """Stored frames are ``k / 255`` at this size: a uint8 first input at 1/255 is exact only here."""
 
 
+def _low_bit(specs: dict[str, ConvSpec]) -> bool:
+    return any(s.act is not None and s.act.bits < 8 for s in specs.values())
+
+
 def has_low_bit_activations(model: nn.Module, input_size: Sequence[int]) -> bool:
     """Whether any quantized conv of ``model`` reads its input on an activation grid below 8 bits."""
-    return any(s.act is not None and s.act.bits < 8 for s in conv_specs(model, _example(input_size)).values())
+    return _low_bit(conv_specs(model, _example(input_size)))
 
 
 INT16_PAIR_LIMIT = 32767
@@ -762,16 +767,16 @@ def export_qdq(
     if conv_kernel not in CONV_KERNELS:
         raise ValueError(f"conv_kernel must be one of {CONV_KERNELS}, got {conv_kernel!r}")
     example = _example(input_size)
-    specs0 = conv_specs(model, example)
-    low_bit = any(s.act is not None and s.act.bits < 8 for s in specs0.values())
-    first_w = [int(s.w_int.abs().max()) for s in specs0.values() if s.quantized and s.act is None]
+    specs = conv_specs(model, example)
+    low_bit = _low_bit(specs)
+    first_w = [int(s.w_int.abs().max()) for s in specs.values() if s.quantized and s.act is None]
     first_input = resolve_first_input(first_input, input_size, low_bit, max(first_w) if first_w else None)
     qlinear = conv_kernel == "qlinear"
     if requant == "auto":
         requant = not low_bit
     elif not isinstance(requant, bool):
         raise ValueError(f"requant must be True, False or 'auto', got {requant!r}")
-    deploy, specs = _qdq_deploy(model, example, first_input)
+    deploy, specs = _qdq_deploy(model, example, first_input, specs)
     proto = _to_onnx(deploy, example, opset)
     requantized: dict[str, dict] = {}
     integer_convs: list[str] = []

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .config import QuantConfig, SoftQuantConfig
+from .config import BitSpec, QuantConfig, SoftQuantConfig
 from .modules import QUANT_TWINS, QuantLayer
 from .outputs import attach_output_quantizer, output_quantizers
 from .quantizers import InitMethod, LSQQuantizer
@@ -67,6 +67,16 @@ def _ancestors_and_self(name: str) -> list[str]:
 
 def _match(pattern: str, name: str) -> bool:
     return pattern == name or fnmatch.fnmatchcase(name, pattern)
+
+
+def _bit_spec(cfg: QuantConfig, name: str) -> BitSpec | None:
+    """The ``bit_map`` entry of module ``name``: its exact name, else the last matching pattern."""
+    spec = cfg.bit_map.get(name)
+    if spec is None:
+        for key, s in cfg.bit_map.items():
+            if _match(key, name):
+                spec = s  # last matching pattern wins
+    return spec
 
 
 def is_quantized(model: nn.Module) -> bool:
@@ -136,11 +146,7 @@ def quantize_(model: nn.Module, config: QuantConfig | Mapping[str, Any]) -> nn.M
         wb, ab = cfg.weight_bits, cfg.act_bits
         if cfg.keep_first_last_8bit and name in (first, last):
             wb, ab = 8, 8
-        spec = cfg.bit_map.get(name)
-        if spec is None:
-            for key, s in cfg.bit_map.items():
-                if _match(key, name):
-                    spec = s  # last matching pattern wins
+        spec = _bit_spec(cfg, name)
         if spec is not None:
             wb = spec.weight if spec.weight is not None else wb
             ab = spec.act if spec.act is not None else ab
@@ -167,10 +173,8 @@ def quantize_(model: nn.Module, config: QuantConfig | Mapping[str, Any]) -> nn.M
                 parent._modules[key] = replace[id(child)]
     mods = dict(model.named_modules())
     for name in out_names:
-        ab = cfg.act_bits
-        for key, spec in cfg.bit_map.items():
-            if _match(key, name) and spec.act is not None:
-                ab = spec.act  # last matching pattern wins
+        spec = _bit_spec(cfg, name)
+        ab = spec.act if spec is not None and spec.act is not None else cfg.act_bits
         ref = next(iter(mods[name].parameters()), None)
         q = LSQQuantizer(ab, signed=act_signed, per_channel=False, rounding=cfg.rounding, role="activation",
                          init_method=cfg.init_method, percentile=cfg.ptq_percentile)
