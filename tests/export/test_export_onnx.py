@@ -348,6 +348,18 @@ def test_first_input_auto_avoids_int16_saturation(w8a8, calib, probes, tmp_path)
     assert float(cos.mean()) >= 0.999
 
 
+def test_first_input_for_applies_the_saturation_rule(w8a8, w4a4):
+    """The rule the PT2E export uses is export_qdq's: 8-bit stem weights -> float; 4-bit grids at 32x22 -> float."""
+    from qgait.export.onnx_export import first_input_for
+
+    assert int(w8a8[0].backbone.module[0].int_weight()[0].abs().max()) > 64
+    assert first_input_for(w8a8[0], SIZE) == "float"
+    assert first_input_for(w8a8[0], SIZE, "uint8") == "uint8"
+    assert first_input_for(w4a4[0], SIZE) == "float"
+    with pytest.raises(ValueError, match="first_input"):
+        first_input_for(w8a8[0], SIZE, "int4")
+
+
 def test_output_quantizer_on_a_float_conv_is_refused(fp_model, calib, tmp_path):
     from qgait.export import FoldError
     from qgait.quant import QuantConfig, calibrate_, quantize_

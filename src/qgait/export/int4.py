@@ -11,7 +11,7 @@ of byte ``i``, element ``2i + 1`` in the high nibble; an odd count is padded wit
 Batch-norm folding negates the integer weights of channels whose BN factor is negative (:mod:`qgait.export.fold`),
 which maps the grid ``[-8, 7]`` to ``[-7, 8]``: the packed format stores such channels un-negated plus a per-channel
 sign, so every stored nibble stays on ``[-8, 7]``. The ``QLinearConv`` export's bias matching stores some channels
-as ``w_int * k`` (:func:`qgait.export.onnx_export.quantize_conv_biases`): those are stored divided by the gcd of
+as ``w_int * k`` (:func:`qgait.export.bias_match.quantize_conv_biases`): those are stored divided by the gcd of
 their values, with the factor per channel in the header (``multipliers``), and restored exactly.
 
 File layout (``.qgpack``)::

@@ -19,6 +19,7 @@ import torch
 
 from ..engine.checkpoint import load_inference_model
 from ..evaluation.report import rank1_row
+from ..runtime.cpu import cpu_info
 from .common import log
 
 __all__ = [
@@ -139,9 +140,9 @@ def export_checkpoint(
         from ..export.pt2e import pt2e_from_fp, pt2e_from_quantized, save_pt2
 
         if quantized:
-            from ..export.onnx_export import has_low_bit_activations, resolve_first_input
+            from ..export.onnx_export import first_input_for
 
-            first = resolve_first_input(first_input, size, has_low_bit_activations(model, size))
+            first = first_input_for(model, size, first_input)
             gm, kind = pt2e_from_quantized(model, size, first), "int8-pt2e-learned"
         elif int8:
             gm, kind = pt2e_from_fp(model, size, calib), "int8-pt2e-ptq"
@@ -696,7 +697,7 @@ def run_benchmark(
     config = {"models": list(models), "variants": variants, "repeats": repeats, "warmup": warmup,
               "frames": frames, "batch": batch, "threads": threads, "torch": torch.__version__,
               "store": str(store) if store else None, "checkpoint": str(checkpoint) if checkpoint else None,
-              "quant_checkpoint": str(quant_checkpoint) if quant_checkpoint else None}
+              "quant_checkpoint": str(quant_checkpoint) if quant_checkpoint else None, "cpu": cpu_info()}
     try:
         import onnxruntime
 
@@ -748,6 +749,12 @@ def format_benchmark(result: dict) -> str:
     lines = [
         f"Threads {cfg['threads']}, {cfg['frames']} frames per sequence, median (IQR) of {cfg['repeats']} runs "
         f"after {cfg['warmup']} warm-up; torch {cfg.get('torch')}, onnxruntime {cfg.get('onnxruntime')}.",
+    ]
+    cpu = cfg.get("cpu")
+    if cpu:  # int8 figures depend on the ISA (VNNI or not): say which CPU measured them
+        lines.append(f"CPU: {cpu['model']}, {cpu['logical_cores']} logical cores, int8 ISA "
+                     f"{' '.join(cpu['int8_isa']) or 'unknown'} (VNNI: {'yes' if cpu['vnni'] else 'no'}).")
+    lines += [
         "",
         f"| model | variant | file MB | batch 1 latency ms | x vs FP32 eager | batch {b} ms | batch {b} seq/s "
         "| peak RSS delta MB | first call s |",
