@@ -18,7 +18,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import qgait.quant.fake_quant as fq
 import qgait.quant.quantizers as qz
+import qgait.quant.rounding as rnd
 from qgait.quant import LSQQuantizer, grid_range, lsq_fake_quantize
 from .test_quantizers import EXTREME as QUANTIZER_EXTREME
 
@@ -30,14 +32,14 @@ SETTINGS = settings(max_examples=20, deadline=None)
 @contextlib.contextmanager
 def kernels(enabled: bool, min_numel: int = 0):
     """Force the fused kernels on (for any size) or off, restoring the previous state afterwards."""
-    old_state, old_min = dict(qz._compile_state), qz.COMPILE_MIN_NUMEL
-    qz._compile_state.update(enabled=enabled, failed=False)
-    qz.COMPILE_MIN_NUMEL = min_numel
+    old_state, old_min = dict(fq._compile_state), fq.COMPILE_MIN_NUMEL
+    fq._compile_state.update(enabled=enabled, failed=False)
+    fq.COMPILE_MIN_NUMEL = min_numel
     try:
         yield
     finally:
-        qz._compile_state.update(old_state)
-        qz.COMPILE_MIN_NUMEL = old_min
+        fq._compile_state.update(old_state)
+        fq.COMPILE_MIN_NUMEL = old_min
 
 
 def _ref_soft_derivative(u, a):
@@ -138,20 +140,20 @@ def test_fused_equals_reference(seed, bits, signed, per_channel, shape, ch_axis,
 def test_fused_used_for_large_tensors_and_ties(rounding, per_channel):
     """Default size threshold: a [64, 16, 9, 11] activation takes the fused path; exact ties round half to even."""
     x, step, q_n, q_p, g, ax, gout = make_case(3, 4, True, per_channel, (64, 16, 9, 11), 1, 1.0)
-    assert x.numel() >= qz.COMPILE_MIN_NUMEL
+    assert x.numel() >= fq.COMPILE_MIN_NUMEL
     with torch.no_grad():
         sb = step.clamp_min(1e-8) if ax is None else step.reshape(1, -1, 1, 1)
         x[:4] = (torch.arange(-8, 8).reshape(1, 16, 1, 1) + 0.5) * sb  # exact ties k + 0.5 (step is a float)
     called = []
-    real = qz._run_kernel
+    real = fq._run_kernel
 
     def spy(name, *args):
         called.append(name)
         return real(name, *args)
 
     ref = reference(x, step, q_n, q_p, g, ax, rounding, 5.0, gout)
-    with kernels(True, min_numel=qz.COMPILE_MIN_NUMEL), pytest.MonkeyPatch.context() as mp:
-        mp.setattr(qz, "_run_kernel", spy)
+    with kernels(True, min_numel=fq.COMPILE_MIN_NUMEL), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fq, "_run_kernel", spy)
         got = run(x, step, q_n, q_p, g, ax, rounding, 5.0, gout)
         assert qz.compiled_kernels_enabled()
     assert len(called) == 2  # forward and backward
@@ -210,7 +212,7 @@ def test_fallback_when_compile_fails():
 
     ref = reference(x, step, q_n, q_p, g, ax, "soft_backward", 5.0, gout)
     with kernels(True), pytest.MonkeyPatch.context() as mp:
-        mp.setattr(qz, "_kernel", broken)
+        mp.setattr(fq, "_kernel", broken)
         with pytest.warns(RuntimeWarning, match="fused fake-quant kernels unavailable"):
             got = run(x, step, q_n, q_p, g, ax, "soft_backward", 5.0, gout)
         assert not qz.compiled_kernels_enabled()
@@ -224,14 +226,14 @@ def test_not_used_when_disabled_small_or_not_float32():
     x = torch.randn(70000)
     s = torch.tensor(0.1)
     with kernels(True, min_numel=1 << 16):
-        assert not qz._use_kernels(x[:100], s)  # small
-        assert not qz._use_kernels(x.double(), s.double())
+        assert not fq._use_kernels(x[:100], s)  # small
+        assert not fq._use_kernels(x.double(), s.double())
         with torch.enable_grad():
-            assert not qz._use_kernels(x, s)  # a graph is recorded through the quantizer (create_graph)
+            assert not fq._use_kernels(x, s)  # a graph is recorded through the quantizer (create_graph)
         with torch.no_grad():
-            assert qz._use_kernels(x, s)
+            assert fq._use_kernels(x, s)
     with kernels(False), torch.no_grad():
-        assert not qz._use_kernels(x, s)
+        assert not fq._use_kernels(x, s)
 
 
 def test_env_var_disables():
@@ -248,7 +250,7 @@ def test_whole_model_torch_compile_uses_eager_math():
     q.initialize(x)
     called = []
     with kernels(True), pytest.MonkeyPatch.context() as mp:
-        mp.setattr(qz, "_run_kernel", lambda *a: called.append(a) or None)
+        mp.setattr(fq, "_run_kernel", lambda *a: called.append(a) or None)
         y = torch.compile(q, backend="eager")(x)
     assert not called
     assert torch.equal(y, torch.round((x / q.scale).clamp(-8, 7)) * q.scale)
@@ -258,5 +260,5 @@ def test_whole_model_torch_compile_uses_eager_math():
 def test_inplace_soft_math_bit_identical_to_public_functions(alpha):
     u = torch.cat([torch.linspace(-9, 9, 4001), torch.tensor([0.5, -0.5, 1e6, -1e6, 0.0])])
     a = torch.tensor(alpha).clamp(qz.ALPHA_MIN, qz.ALPHA_MAX)
-    assert torch.equal(qz._soft_derivative_math(u, a), qz.soft_round_derivative(u, alpha))
-    assert torch.equal(qz._soft_value_math(u, a), qz._soft_round_value(u, alpha))
+    assert torch.equal(rnd._soft_derivative_math(u, a), qz.soft_round_derivative(u, alpha))
+    assert torch.equal(rnd._soft_value_math(u, a), rnd._soft_round_value(u, alpha))

@@ -5,8 +5,11 @@ Model-agnostic: works on any ``nn.Module`` and imports nothing from the other qg
 Public API::
 
     QuantConfig, SoftQuantConfig, BitSpec                        # validated config (config.py)
-    LSQQuantizer, ActObserver, calibrate_step, lsq_fake_quantize  # quantizers (quantizers.py)
-    soft_round, soft_round_derivative, round_ste, round_soft_backward, grid_range
+    LSQQuantizer                                                 # the quantizer module (quantizers.py)
+    ActObserver, calibrate_step                                  # step calibration (calibration.py)
+    lsq_fake_quantize                                            # fake-quant op, fused kernels (fake_quant.py)
+    soft_round, soft_round_derivative, round_ste, round_soft_backward, round_with  # rounding (rounding.py)
+    grid_range                                                   # integer grid (grid.py)
     QuantConv1d, QuantConv2d, QuantConv3d, QuantLinear, QuantLayer  # layers (modules.py)
     quantize_, calibrate_, set_rounding_, set_alpha_, alpha_at, ...  # model verbs (transform.py)
     find_residual_outputs, output_quantizers, attach_output_quantizer  # output quantizers (outputs.py)
