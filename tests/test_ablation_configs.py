@@ -1,0 +1,42 @@
+"""The ablation's configs (results/ablation/configs): every run named in scripts/ablation.py has a config that
+loads, and the trained methods being compared share one iteration budget (issue 3: "keep the iteration budget
+equal")."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from qgait.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "results" / "ablation" / "configs"
+
+
+def _ablation():
+    spec = importlib.util.spec_from_file_location("ablation_script", REPO / "scripts" / "ablation.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+ABLATION = _ablation()
+
+
+def test_every_run_has_a_row_and_a_config():
+    assert len(set(ABLATION.ORDER)) == len(ABLATION.ORDER)
+    assert set(ABLATION.ORDER) == set(ABLATION.ROWS)
+    on_disk = {p.stem for p in CONFIGS.glob("*.yaml") if not p.stem.startswith("_")}
+    assert on_disk == set(ABLATION.ORDER)
+
+
+@pytest.mark.parametrize("name", ABLATION.ORDER)
+def test_config_loads_with_its_name_and_the_shared_budget(name):
+    cfg = load_config(CONFIGS / f"{name}.yaml")
+    assert cfg.name == name
+    q = cfg.quant
+    trained = q.stage1.iterations + q.stage2.iterations
+    if q.config.quantizer == "ptq":
+        return
+    assert trained == 600, f"{name}: {trained} QAT iterations, the ablation's budget is 600"
+    assert cfg.train.seed == (1 if name.endswith("_seed1") else 0)
