@@ -27,18 +27,14 @@ from qgait.quant import QuantConfig, calibrate_, quantize_
 from qgait.runtime.cpu import cpu_info
 
 
-def cosine(session, model, xs) -> dict:
-    with torch.no_grad():
-        c = [float(torch.nn.functional.cosine_similarity(
-            model(x).flatten(1), torch.from_numpy(session.run(None, {"silhouettes": x.numpy()})[0]).flatten(1)))
-            for x in xs]
-    return {"mean": float(np.mean(c)), "min": float(np.min(c))}
-
-
 def cosine_callable(run, model, xs) -> dict:
     with torch.no_grad():
         c = [float(torch.nn.functional.cosine_similarity(model(x).flatten(1), run(x).flatten(1))) for x in xs]
     return {"mean": float(np.mean(c)), "min": float(np.min(c))}
+
+
+def cosine(session, model, xs) -> dict:
+    return cosine_callable(lambda x: torch.from_numpy(session.run(None, {"silhouettes": x.numpy()})[0]), model, xs)
 
 
 def main() -> None:

@@ -209,11 +209,6 @@ def _low_bit(specs: dict[str, ConvSpec]) -> bool:
     return any(s.act is not None and s.act.bits < 8 for s in specs.values())
 
 
-def has_low_bit_activations(model: nn.Module, input_size: Sequence[int]) -> bool:
-    """Whether any quantized conv of ``model`` reads its input on an activation grid below 8 bits."""
-    return _low_bit(conv_specs(model, _example(input_size)))
-
-
 def _first_weight_max(specs: dict[str, ConvSpec]) -> int | None:
     """The largest integer weight of the quantized convs that read the model input (no activation grid)."""
     first_w = [int(s.w_int.abs().max()) for s in specs.values() if s.quantized and s.act is None]

@@ -40,15 +40,21 @@ BENCH_VARIANTS: dict[str, str] = {
 }
 
 
-def _rss_mb() -> float:
+def _status_mb(key: str) -> float | None:
+    """A ``/proc/self/status`` memory field (``"VmRSS"``, ``"VmHWM"``) in MB; None where /proc is missing."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(f"{key}:"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return float("nan")
+    return None
+
+
+def _rss_mb() -> float:
+    v = _status_mb("VmRSS")
+    return float("nan") if v is None else v
 
 
 def _reset_peak_rss() -> bool:
@@ -63,13 +69,9 @@ def _reset_peak_rss() -> bool:
 
 def _peak_rss_mb() -> float:
     """Peak RSS (VmHWM, since the last reset) in MB; ru_maxrss (since process start) where /proc is missing."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
+    v = _status_mb("VmHWM")
+    if v is not None:
+        return v
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
