@@ -125,3 +125,25 @@ def test_output_quantizer_before_an_inplace_relu():
 def test_output_quant_pattern_must_match():
     with pytest.raises(ValueError, match="output_quant pattern"):
         quantize_(Net(), QuantConfig(output_quant=["block.nothing"]))
+
+
+def test_output_quantizers_stay_on_the_ste_in_the_soft_stage_by_default():
+    from qgait.quant import iter_quantizers, set_rounding_
+
+    cfg = QuantConfig(weight_bits=4, act_bits=4, quantizer="soft", output_quant=["block.bn2", "block.proj"])
+    m = quantize_(Net(), cfg)
+    outs = {id(q) for _, q in output_quantizers(m)}
+    others = [q for _, q in iter_quantizers(m) if id(q) not in outs]
+    assert len(outs) == 2 and others
+    assert all(q.rounding == "ste" for _, q in output_quantizers(m))  # SoftQuantConfig.outputs == "ste"
+    assert all(q.rounding == "soft_backward" for q in others)
+    soft_outs = quantize_(Net(), cfg.model_copy(update={"soft": cfg.soft.model_copy(update={"outputs": "soft"})}))
+    assert all(q.rounding == "soft_backward" for _, q in output_quantizers(soft_outs))
+    # the stage switch: set_rounding_(..., outputs=) overrides the output quantizers only
+    set_rounding_(soft_outs, "soft_forward", outputs="ste")
+    assert all(q.rounding == "ste" for _, q in output_quantizers(soft_outs))
+    assert all(q.rounding == "soft_forward" for _, q in iter_quantizers(soft_outs) if id(q) not in
+               {id(o) for _, o in output_quantizers(soft_outs)})
+    with pytest.raises(ValueError, match="rounding must be one of"):
+        set_rounding_(soft_outs, "ste", outputs="fuzzy")
+

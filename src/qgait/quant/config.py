@@ -55,12 +55,20 @@ class SoftQuantConfig(_Strict):
       ``"soft_forward"`` also uses ``softround_alpha`` in the forward pass while training.
     - ``alpha_start`` / ``alpha_end`` (> 0): sharpness at the start / end of stage 2.
     - ``schedule``: how :func:`qgait.quant.alpha_at` moves from start to end (``constant`` stays at start).
+    - ``outputs``: rounding of the output quantizers (``QuantConfig.output_quant``) while the others are soft.
+      ``"ste"`` (default, our choice) keeps them on the straight-through estimator: the soft derivative peaks
+      at ``alpha / (2 tanh(alpha/2))`` (5 at alpha 10) and output quantizers put quantizers in series on the
+      residual path, so their soft derivatives multiply. Measured on a trained W4A4 GaitBase (CPU recipe,
+      ``scripts/soft_grad_norms.py``): conv-weight gradient norm 118x the STE's at alpha 10 with soft output
+      quantizers, 14x with ``"ste"`` (8x for the same model family without output quantizers); the soft
+      stage with soft output quantizers diverged (docs/results.md, "Ablation"). ``"soft"``: like the others.
     """
 
     mode: Literal["backward_only", "soft_forward"] = "backward_only"
     alpha_start: float = Field(default=2.0, gt=0.0, le=1e6)
     alpha_end: float = Field(default=10.0, gt=0.0, le=1e6)
     schedule: Literal["linear", "exponential", "constant"] = "linear"
+    outputs: Literal["ste", "soft"] = "ste"
 
 
 class QuantConfig(_Strict):

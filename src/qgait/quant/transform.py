@@ -176,7 +176,8 @@ def quantize_(model: nn.Module, config: QuantConfig | Mapping[str, Any]) -> nn.M
         spec = _bit_spec(cfg, name)
         ab = spec.act if spec is not None and spec.act is not None else cfg.act_bits
         ref = next(iter(mods[name].parameters()), None)
-        q = LSQQuantizer(ab, signed=act_signed, per_channel=False, rounding=cfg.rounding, role="activation",
+        rounding = "ste" if cfg.soft.outputs == "ste" else cfg.rounding  # SoftQuantConfig.outputs
+        q = LSQQuantizer(ab, signed=act_signed, per_channel=False, rounding=rounding, role="activation",
                          init_method=cfg.init_method, percentile=cfg.ptq_percentile)
         q.set_alpha(cfg.soft.alpha_start)
         attach_output_quantizer(mods[name], q.to(ref.device) if ref is not None else q)
@@ -280,17 +281,25 @@ def calibrate_(
     return model
 
 
-def set_rounding_(model: nn.Module, rounding: str) -> nn.Module:
+def set_rounding_(model: nn.Module, rounding: str, outputs: str | None = None) -> nn.Module:
     """Set every quantizer's rounding: ``"ste"`` (alias ``"lsq"``), ``"soft_backward"`` (alias
     ``"backward_only"``) or ``"soft_forward"`` (methods.md 1.3-1.4: stage 1 -> stage 2). In place; returns model.
+
+    Args:
+        outputs: rounding of the output quantizers (:mod:`qgait.quant.outputs`) if not ``rounding``, e.g.
+            ``"ste"`` to keep them on the STE during the soft stage (:class:`SoftQuantConfig`, ``outputs``).
 
     Raises:
         ValueError: unknown rounding.
     """
-    if rounding not in _ROUNDING_ALIASES:
-        raise ValueError(f"rounding must be one of {sorted(_ROUNDING_ALIASES)}, got {rounding!r}")
+    for r in (rounding, outputs):
+        if r is not None and r not in _ROUNDING_ALIASES:
+            raise ValueError(f"rounding must be one of {sorted(_ROUNDING_ALIASES)}, got {r!r}")
     for _, q in iter_quantizers(model):
         q.set_rounding(_ROUNDING_ALIASES[rounding])
+    if outputs is not None:
+        for _, q in output_quantizers(model):
+            q.set_rounding(_ROUNDING_ALIASES[outputs])
     return model
 
 

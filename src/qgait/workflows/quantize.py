@@ -202,7 +202,8 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
 def run_stage(idx: int, st: StageConfig, cfg: ExperimentConfig, net: GaitWithHead, trainer, summary: dict) -> None:
     """Train stage ``idx`` (1: LSQ + STE, 2: soft quantizer) with its rounding, lr schedule and alpha schedule."""
     q = cfg.quant
-    set_rounding_(net.model, st.rounding)
+    keep_outputs_ste = st.rounding != "ste" and q.config.soft.outputs == "ste"  # SoftQuantConfig.outputs
+    set_rounding_(net.model, st.rounding, outputs="ste" if keep_outputs_ste else None)
     hooks = []
     if st.rounding != "ste":
         def anneal(it: int, n=st.iterations) -> None:
