@@ -28,7 +28,7 @@ ZOO = REPO / "zoo" / "ablation"
 ZOO_LIMIT_BYTES = 5 * 2**20  # zoo/ holds CPU-recipe checkpoints under 5 MB only
 ORDER = [
     "ptq_w8a8", "ptq_w4a4", "lsq_w8a8", "lsq_w4a4", "soft_from_start_w4a4", "two_stage_w4a4", "lsq_idc_w4a4",
-    "qgait_w8a8", "qgait_w4a4", "qgait_w3a3", "lsq_w3a3", "qgait_w4a4_idc10", "qgait_w4a4_idc100",
+    "qgait_w8a8", "qgait_w4a4", "qgait_w3a3", "lsq_w3a3", "lsq_w3a3_400", "qgait_w4a4_idc10", "qgait_w4a4_idc100",
     "qgait_w4a4_output_quant", "qgait_w4a4_output_quant_soft_outputs", "lsq_w4a4_seed1", "qgait_w4a4_seed1",
 ]
 ROWS = {  # what each run is, for the table
@@ -37,12 +37,16 @@ ROWS = {  # what each run is, for the table
     "soft_from_start_w4a4": "soft quantizer from the start W4A4", "two_stage_w4a4": "two-stage, no IDC W4A4",
     "lsq_idc_w4a4": "LSQ + IDC W4A4", "qgait_w8a8": "QGait (two-stage + IDC) W8A8",
     "qgait_w4a4": "QGait (two-stage + IDC) W4A4", "qgait_w3a3": "QGait (two-stage + IDC) W3A3",
-    "lsq_w3a3": "LSQ (STE) W3A3", "qgait_w4a4_idc10": "QGait W4A4, IDC weight 10",
+    "lsq_w3a3": "LSQ (STE) W3A3",
+    "lsq_w3a3_400": "diagnostic: LSQ (STE) W3A3, 400 iterations (= QGait W3A3's stage 1 without IDC)",
+    "qgait_w4a4_idc10": "QGait W4A4, IDC weight 10",
     "qgait_w4a4_idc100": "QGait W4A4, IDC weight 100",
     "qgait_w4a4_output_quant": "QGait W4A4 + output quantizers on the residual operands (STE in stage 2)",
     "qgait_w4a4_output_quant_soft_outputs": "QGait W4A4 + output quantizers, soft in stage 2 (diverges)",
     "lsq_w4a4_seed1": "LSQ (STE) W4A4, seed 1", "qgait_w4a4_seed1": "QGait (two-stage + IDC) W4A4, seed 1",
 }
+DIAGNOSTIC = {"lsq_w3a3_400": 400}
+"""Runs outside the equal-budget comparison, with their iteration budget: they explain a row, they are not a method."""
 
 
 def final_row(summary: dict) -> dict:

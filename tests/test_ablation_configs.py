@@ -26,6 +26,8 @@ ABLATION = _ablation()
 def test_every_run_has_a_row_and_a_config():
     assert len(set(ABLATION.ORDER)) == len(ABLATION.ORDER)
     assert set(ABLATION.ORDER) == set(ABLATION.ROWS)
+    assert set(ABLATION.DIAGNOSTIC) <= set(ABLATION.ORDER)
+    assert all(ABLATION.ROWS[name].startswith("diagnostic:") for name in ABLATION.DIAGNOSTIC)
     on_disk = {p.stem for p in CONFIGS.glob("*.yaml") if not p.stem.startswith("_")}
     assert on_disk == set(ABLATION.ORDER)
 
@@ -38,5 +40,6 @@ def test_config_loads_with_its_name_and_the_shared_budget(name):
     trained = q.stage1.iterations + q.stage2.iterations
     if q.config.quantizer == "ptq":
         return
-    assert trained == 600, f"{name}: {trained} QAT iterations, the ablation's budget is 600"
+    budget = ABLATION.DIAGNOSTIC.get(name, 600)
+    assert trained == budget, f"{name}: {trained} QAT iterations, the ablation's budget is {budget}"
     assert cfg.train.seed == (1 if name.endswith("_seed1") else 0)
