@@ -57,7 +57,8 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
 
         res = json.loads(a.fp_results.read_text())
         fp_results = rank1_row(res)
-    run_quantize(cfg, getattr(a, "from"), out, progress=not a.quiet, fp_results=fp_results)
+    run_quantize(cfg, getattr(a, "from"), out, progress=not a.quiet, fp_results=fp_results,
+                 stage1_from=a.stage1_from)
     return 0
 
 
@@ -127,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="full-precision checkpoint: a run's model.pt or last.pt")
     p.add_argument("--fp-results", type=Path, help="the FP model's results.json (skips re-evaluating the FP model)")
     p.add_argument("--output-dir", type=Path, help="run folder (default: runs/<config name>)")
+    p.add_argument("--stage1-from", type=Path, metavar="RUN_DIR",
+                   help="reuse the finished stage 1 of this run folder (same stage-1 settings) and train only "
+                   "stage 2: compare stage-2 variants from one stage-1 model")
     p.set_defaults(func=_cmd_quantize)
 
     p = sub.add_parser("data", help="import, pretreat and inspect silhouette data")

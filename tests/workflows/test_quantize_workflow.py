@@ -12,7 +12,8 @@ import torch
 
 from qgait.config import load_config
 from qgait.data.loader import iter_test_sequences
-from qgait.engine.checkpoint import load_checkpoint, load_inference_model
+from qgait.engine.checkpoint import CheckpointError, load_checkpoint, load_inference_model
+from qgait.evaluation.report import rank1_row
 from qgait.models import build_model
 from qgait.quant import QuantConfig, calibrate_, quantize_
 from qgait.workflows.quantize import run_quantize
@@ -62,6 +63,21 @@ def test_two_stage_qgait_runs_evaluates_and_resumes(small_config_file, fp_run, t
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in log if r["stage"] == "stage2"] == [1, 2, 3, 4]
     assert [r["iteration"] for r in log if r["stage"] == "stage1"] == [1, 2, 3]
+
+    # a stage-2 variant from the same stage 1 (--stage1-from): stage 1 is not retrained, its results are reused
+    cfg3 = load_config(small_config_file, quant_overrides() + ["quant.stage2.rounding=ste"])
+    summary3 = run_quantize(cfg3, fp_run / "last.pt", tmp_path / "variant", progress=False, stage1_from=out)
+    log3 = [json.loads(line) for line in (tmp_path / "variant" / "train_log.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["iteration"]) for r in log3] == [("stage2", 1), ("stage2", 2)]
+    assert summary3["stages"]["stage1"] == rank1_row(json.loads((out / "stage1_results.json").read_text()))
+    s1 = load_inference_model(tmp_path / "variant" / "stage1_model.pt")[0].state_dict()
+    ref = load_inference_model(out / "stage1_model.pt")[0].state_dict()
+    assert all(torch.equal(s1[k], ref[k]) for k in ref)
+    with pytest.raises(CheckpointError, match="stage1_last.pt"):
+        run_quantize(cfg3, fp_run / "last.pt", tmp_path / "v2", progress=False, stage1_from=tmp_path / "nowhere")
+    cfg4 = load_config(small_config_file, quant_overrides(stage1=5))
+    with pytest.raises(ValueError, match="stopped at iteration 3"):
+        run_quantize(cfg4, fp_run / "last.pt", tmp_path / "v3", progress=False, stage1_from=out)
 
 
 def test_ptq_calibrates_and_evaluates_without_training(small_config_file, fp_run, tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -89,17 +90,24 @@ def _losses(cfg: ExperimentConfig, stage: int, has_head: bool, idc_only: bool = 
 
 
 def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str | Path, progress: bool = True,
-                 fp_results: dict | None = None) -> dict:
+                 fp_results: dict | None = None, stage1_from: str | Path | None = None) -> dict:
     """QGait from ``fp_checkpoint`` into ``out_dir``; returns ``{stage: {NM, BG, CL, mean}}`` and timings.
 
+    Args:
+        stage1_from: a finished run folder whose stage 1 (``stage1_last.pt``, ``stage1_results.json``) this run
+            reuses (see :func:`reuse_stage1`), so that stage-2 variants start from one stage-1 model.
+
     Raises:
-        ValueError: the config has no ``quant`` section.
-        CheckpointError: the FP checkpoint cannot be loaded into the config's model.
+        ValueError: the config has no ``quant`` section, or ``stage1_from``'s stage 1 is unfinished.
+        CheckpointError: the FP checkpoint cannot be loaded into the config's model, or ``stage1_from`` has no
+            readable ``stage1_last.pt``.
     """
     if cfg.quant is None:
         raise ValueError(f"config {cfg.name!r} has no quant section")
     q = cfg.quant
     out_dir = Path(out_dir)
+    if stage1_from is not None:
+        reuse_stage1(stage1_from, out_dir, q.stage1.iterations)
     ctx, store, split = prepare_run(cfg, out_dir, progress)
     try:
         batches = make_train_batches(cfg, store, split.train_subjects, ctx)
@@ -197,6 +205,31 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
         return summary
     finally:
         cleanup(ctx)
+
+
+def reuse_stage1(src_dir: str | Path, out_dir: str | Path, iterations: int) -> None:
+    """Start ``out_dir`` from the finished stage 1 of the run ``src_dir``: copies ``stage1_last.pt`` (and
+    ``stage1_results.json`` when present, so the stage-1 model is not re-evaluated) unless ``out_dir`` already has
+    a stage-1 checkpoint (a resumed run keeps its own). Stage 1 then resumes at its last iteration, i.e. is not
+    retrained; the config's stage-1 settings must be those of ``src_dir`` (not checked beyond the iteration count).
+
+    Raises:
+        CheckpointError: ``src_dir/stage1_last.pt`` is missing or unreadable.
+        ValueError: that checkpoint stopped before ``iterations`` (stage 1 unfinished there).
+    """
+    src_dir, out_dir = Path(src_dir), Path(out_dir)
+    if (out_dir / "stage1_last.pt").is_file():
+        return
+    ckpt = load_checkpoint(src_dir / "stage1_last.pt", required=("iteration", "model"))
+    if ckpt["iteration"] != iterations:
+        raise ValueError(f"{src_dir / 'stage1_last.pt'}: stage 1 stopped at iteration {ckpt['iteration']}, "
+                         f"the config's stage 1 has {iterations}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("stage1_results.json", "stage1_results.md", "stage1_last.pt"):  # the checkpoint last: atomic
+        if (src_dir / name).is_file():
+            tmp = out_dir / f".{name}.tmp"
+            shutil.copyfile(src_dir / name, tmp)
+            tmp.replace(out_dir / name)
 
 
 def run_stage(idx: int, st: StageConfig, cfg: ExperimentConfig, net: GaitWithHead, trainer, summary: dict) -> None:
