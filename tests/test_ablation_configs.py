@@ -43,3 +43,16 @@ def test_config_loads_with_its_name_and_the_shared_budget(name):
     budget = ABLATION.DIAGNOSTIC.get(name, 600)
     assert trained == budget, f"{name}: {trained} QAT iterations, the ablation's budget is {budget}"
     assert cfg.train.seed == (1 if name.endswith("_seed1") else 0)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "results" / "quant" / "stage2" / "configs").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_stage2_probes_share_the_recipes_stage1(path):
+    """The stage-2 probes continue one stage-1 model (--stage1-from), so their stage 1 and quantizer settings
+    must be the recipe's; only stage 2 differs, with the same 200 iterations."""
+    cfg = load_config(path)
+    recipe = load_config(REPO / "configs" / "qgait_w4a4_cpu.yaml")
+    assert cfg.name == path.stem
+    assert cfg.quant.stage1 == recipe.quant.stage1
+    assert cfg.quant.config == recipe.quant.config and cfg.quant.idc == recipe.quant.idc
+    assert cfg.quant.stage2.iterations == recipe.quant.stage2.iterations == 200
