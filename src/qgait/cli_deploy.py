@@ -17,6 +17,15 @@ from pathlib import Path
 def _cmd_export(a: argparse.Namespace) -> int:
     from .workflows.deploy import export_checkpoint, parity_check
 
+    # check what can fail before the export and the (long) parity run, so that no finished work is lost
+    subjects = a.parity_subjects.split(",") if a.parity_subjects else None
+    if a.parity_store is not None:
+        if a.format != "onnx":
+            raise ValueError("--parity-store checks an ONNX export (use --format onnx)")
+        if not subjects:
+            raise ValueError("--parity-store needs --parity-subjects (e.g. 075,076)")
+    if a.report is not None:
+        Path(a.report).parent.mkdir(parents=True, exist_ok=True)
     report = export_checkpoint(
         a.checkpoint, a.output, fmt=a.format, int8=a.int8, pack_int4=a.pack_int4, calib_store=a.calib_store,
         calib_subjects=a.calib_subjects.split(",") if a.calib_subjects else None,
@@ -31,11 +40,6 @@ def _cmd_export(a: argparse.Namespace) -> int:
         print(f"wrote {p['path']} (packed 4-bit weights, {p['bytes'] / 1e6:.3f} MB vs ONNX "
               f"{p['onnx_bytes'] / 1e6:.3f} MB)")
     if a.parity_store is not None:
-        if a.format != "onnx":
-            raise ValueError("--parity-store checks an ONNX export (use --format onnx)")
-        subjects = a.parity_subjects.split(",") if a.parity_subjects else None
-        if not subjects:
-            raise ValueError("--parity-store needs --parity-subjects (e.g. 075,076)")
         par = parity_check(a.checkpoint, report["output"], a.parity_store, subjects, evaluate=not a.no_rank1,
                            max_frames=a.max_frames, progress=not a.quiet)
         report["parity"] = par

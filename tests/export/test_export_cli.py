@@ -91,9 +91,9 @@ def test_export_command_fp_and_packed_int4(fp_model, w4a4, small_store, tmp_path
     q = save_inference_model(tmp_path / "w4.pt", model, "gaitbase", ARGS, SIZE,
                              quant_config=cfg.model_dump(mode="json"))
     rc, out, err = _run(["export", q, "--pack-int4", "--calib-store", small_store.path, "--calib-sequences", "2",
-                         "--calib-frames", "8", "--report", tmp_path / "report.json", "--quiet"], capsys)
-    assert rc == 0, err
-    rep = json.loads((tmp_path / "report.json").read_text())
+                         "--calib-frames", "8", "--report", tmp_path / "new" / "report.json", "--quiet"], capsys)
+    assert rc == 0, err  # the report's folder is created (before the export, not after a long parity run)
+    rep = json.loads((tmp_path / "new" / "report.json").read_text())
     assert rep["kind"] == "int8-qdq" and rep["packed"]["bytes"] < rep["bytes"] < rep["checkpoint_bytes"]
     assert (tmp_path / "w4.int8.qgpack").is_file()
 
@@ -106,6 +106,8 @@ def test_cli_errors_name_the_problem(gei_onnx, small_store, tmp_path, capsys):
     bad.write_bytes(b"not a checkpoint")
     rc, _, err = _run(["export", bad], capsys)
     assert rc == 2 and "bad.pt: cannot load checkpoint" in err
+    rc, _, err = _run(["export", bad, "--parity-store", small_store.path], capsys)  # refused before loading
+    assert rc == 2 and "needs --parity-subjects" in err
     rc, _, err = _run(["identify", gei_onnx, "--gallery", small_store.path, "--gallery-subjects", "999",
                        "--probe", small_store.path, "--quiet"], capsys)
     assert rc == 2 and "no sequences selected" in err
