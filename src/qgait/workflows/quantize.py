@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from ..config import ExperimentConfig, StageConfig, dump_config
-from ..engine.checkpoint import CheckpointError, load_checkpoint, load_inference_model, save_inference_model
+from ..engine.checkpoint import (CheckpointError, load_checkpoint, load_inference_model, save_atomic,
+                                save_inference_model)
 from ..engine.distributed import cleanup
 from ..engine.schedule import lr_at
 from ..engine.trainer import Trainer
@@ -225,11 +226,10 @@ def reuse_stage1(src_dir: str | Path, out_dir: str | Path, iterations: int) -> N
         raise ValueError(f"{src_dir / 'stage1_last.pt'}: stage 1 stopped at iteration {ckpt['iteration']}, "
                          f"the config's stage 1 has {iterations}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("stage1_results.json", "stage1_results.md", "stage1_last.pt"):  # the checkpoint last: atomic
+    for name in ("stage1_results.json", "stage1_results.md"):  # before the checkpoint, whose presence marks done
         if (src_dir / name).is_file():
-            tmp = out_dir / f".{name}.tmp"
-            shutil.copyfile(src_dir / name, tmp)
-            tmp.replace(out_dir / name)
+            shutil.copyfile(src_dir / name, out_dir / name)
+    save_atomic(ckpt, out_dir / "stage1_last.pt")
 
 
 def run_stage(idx: int, st: StageConfig, cfg: ExperimentConfig, net: GaitWithHead, trainer, summary: dict) -> None:
