@@ -57,8 +57,9 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
 
         res = json.loads(a.fp_results.read_text())
         fp_results = rank1_row(res)
+        fp_stats = res.get("embedding_stats")
     run_quantize(cfg, getattr(a, "from"), out, progress=not a.quiet, fp_results=fp_results,
-                 stage1_from=a.stage1_from)
+                 stage1_from=a.stage1_from, fp_embedding_stats=fp_stats if a.fp_results else None)
     return 0
 
 

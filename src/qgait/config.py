@@ -109,10 +109,21 @@ class IDCConfig(_Strict):
 
     weight: float = Field(1.0, ge=0, description="lambda_IDC; 0 disables IDC")
     pairs: Literal["inter", "all"] = "inter"
-    normalize: bool = True
+    normalize: bool | Literal["part", "global", "none"] = Field(
+        True, description="per-part (true / 'part'), one across parts ('global') or none (false / 'none')")
     loss: Literal["mse", "huber"] = "mse"
     huber_delta: float = Field(1.0, gt=0)
     stages: list[Literal[1, 2]] = Field(default_factory=lambda: [1, 2], description="stages that add IDC")
+
+
+class IDDConfig(_Strict):
+    """Inter-class distance-guided distillation from the frozen FP model (QGait v1's framing of IDC; issue 13):
+    the teacher's neighbour distribution over the retrieval distance (:mod:`qgait.losses.idd`)."""
+
+    weight: float = Field(1.0, ge=0, description="lambda_IDD; 0 disables IDD")
+    temperature: float = Field(0.1, gt=0, description="tau on distances normalised to mean 1")
+    per_part: bool = False
+    stages: list[Literal[1, 2]] = Field(default_factory=lambda: [1, 2], description="stages that add IDD")
 
 
 class StageConfig(_Strict):
@@ -141,7 +152,9 @@ class QuantExperimentConfig(_Strict):
     stage1: StageConfig = StageConfig(iterations=500, lr=0.01, rounding="ste")
     stage2: StageConfig = StageConfig(iterations=0, lr=0.001, rounding="soft_backward")
     idc: IDCConfig | None = IDCConfig()
+    idd: IDDConfig | None = Field(None, description="distance distillation from the FP model (off by default)")
     plot: bool = Field(True, description="save the inter-class distance histogram (FP vs stage 1 vs final)")
+    evaluate_stage1: bool = Field(True, description="evaluate the stage-1 model of a two-stage run (test set)")
 
 
 class ExperimentConfig(_Strict):

@@ -222,3 +222,70 @@ def test_bad_input_raises_value_error():
         evaluate_cross_view(emb, subj, cond, view, protocol=TOY, metric="l2")
     with pytest.raises(ValueError, match="no \\(probe view, gallery view\\) pair"):
         evaluate_cross_view(*dataset([GALLERY[0], NM[0]]), protocol=TOY)  # only the (000, 000) pair
+
+
+# --- per-subject counts (result["per_subject"]) ---------------------------------------------------------
+
+
+def test_per_subject_counts_hand_computed():
+    import json
+
+    r = evaluate_cross_view(*dataset(GALLERY + NM + BG + IGNORED), protocol=TOY)
+    ps = r["per_subject"]
+    assert ps["protocol"] == "toy" and ps["views"] == ["000", "090"] and ps["exclude_identical_view"] is True
+    assert ps["subjects"] == ["s1", "s2", "s3"]  # probe subjects, sorted
+    assert list(ps["sets"]) == ["NM", "BG"]
+    nm, bg = ps["sets"]["NM"], ps["sets"]["BG"]
+    # NM: one probe per subject and view; 000 vs 000 all go to s3, 090 vs 090 all go to s1
+    assert nm["probes"] == [[[1, 1], [1, 1]]] * 3
+    assert nm["hits"] == [[[0, 1], [1, 1]], [[0, 1], [1, 0]], [[1, 1], [1, 0]]]
+    # BG: probes only at view 000; vs gallery 090 all go to s1
+    assert bg["probes"] == [[[1, 1], [0, 0]]] * 3
+    assert bg["hits"] == [[[1, 1], [0, 0]], [[1, 0], [0, 0]], [[1, 0], [0, 0]]]
+    assert json.loads(json.dumps(ps)) == ps  # plain ints and lists
+    assert all(type(v) is int for s in ps["sets"].values() for k in ("hits", "probes")
+               for subj in s[k] for row in subj for v in row)
+
+
+def test_per_subject_counts_zero_for_a_gallery_view_without_gallery():
+    gallery_000 = [g for g in GALLERY if g[2] == "000"]
+    r = evaluate_cross_view(*dataset(gallery_000 + NM + BG), protocol=TOY)
+    for counts in r["per_subject"]["sets"].values():
+        for key in ("hits", "probes"):
+            assert all(row[1] == 0 for subj in counts[key] for row in subj)  # column 090 skipped
+    assert r["per_subject"]["sets"]["NM"]["probes"] == [[[1, 0], [1, 0]]] * 3
+
+
+def test_per_subject_counts_sum_to_the_table_and_protocol_flag():
+    with_diag = CrossViewProtocol("toy", ("nm-01",), {"NM": ("nm-05",), "BG": ("bg-01",)}, ("000", "090"), False)
+    r = evaluate_cross_view(*synthetic_casia(drop={("076", "000")}))
+    r2 = evaluate_cross_view(*dataset(GALLERY + NM + BG), protocol=with_diag)
+    assert r2["per_subject"]["exclude_identical_view"] is False
+    for res in (r, r2):
+        ps = res["per_subject"]
+        for name, counts in ps["sets"].items():
+            table = res["sets"][name]["table"]
+            for a in range(len(ps["views"])):
+                for b in range(len(ps["views"])):
+                    hits = sum(s[a][b] for s in counts["hits"])
+                    probes = sum(s[a][b] for s in counts["probes"])
+                    if table[a][b] is None:
+                        assert probes == 0 and hits == 0
+                    else:
+                        assert table[a][b] == 100.0 * hits / probes
+            n_probes = sum(row[0] for s in counts["probes"] for row in s)  # gallery view 000 exists in both
+            assert n_probes == res["sets"][name]["num_probes"]
+
+
+def test_per_subject_mixed_and_numpy_subject_ids():
+    import json
+
+    import numpy as np
+
+    rows = [(1, "nm-01", "000", 0.0), ("b", "nm-01", "000", 10.0), (1, "nm-05", "090", 1.0), ("b", "nm-05", "090", 9.0)]
+    r = evaluate_cross_view(*dataset(rows), protocol=TOY)
+    assert r["per_subject"]["subjects"] == [1, "b"]  # not comparable: sorted by (type name, str)
+    emb, _, cond, view = dataset(rows)
+    r = evaluate_cross_view(emb, np.array([7, 3, 7, 3]), cond, view, protocol=TOY)
+    assert r["per_subject"]["subjects"] == [3, 7]
+    json.dumps(r["per_subject"])

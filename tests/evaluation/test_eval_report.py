@@ -111,3 +111,17 @@ def test_write_results_bad_name(tmp_path, name):
 def test_write_results_unknown_result(tmp_path):
     with pytest.raises(ValueError, match="neither"):
         write_results({"accuracy": 1.0}, tmp_path, "x")
+
+
+def test_results_json_writes_per_subject_counts_compactly(tmp_path):
+    """per_subject (tens of thousands of counts) goes on one line; the file still loads to the same data."""
+    from qgait.evaluation.report import dumps_results
+
+    counts = [[[i + j for j in range(11)] for i in range(11)] for _ in range(50)]
+    data = {"mean": 70.5, "sets": {"NM": {"rank-1": 90.0}}, "per_subject": {"subjects": ["075"], "hits": counts},
+            "nested": [{"per_subject": [1, 2, 3]}]}
+    text = dumps_results(data)
+    assert json.loads(text) == data
+    assert len(text.splitlines()) < 20  # indent=2 would take over 6,000 lines
+    with pytest.raises(ValueError):
+        dumps_results({"per_subject": [float("nan")]})

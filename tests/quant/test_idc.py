@@ -134,3 +134,54 @@ def test_module_and_validation():
         IDCLoss(loss="l1")
     with pytest.raises(ValueError):
         IDCLoss(weight=-1.0)
+
+
+# ------------------------------------------------------------------ issue 13: normalisation variants
+@pytest.mark.parametrize("pairs", ["inter", "all"])
+def test_uniform_scale_up_costs_nothing_normalised_and_something_raw(pairs):
+    """The quantized embeddings as the FP ones scaled up 2x (what LSQ W3A3 does, almost uniformly across parts):
+    zero loss with per-part or global normalisation, a positive loss on raw distances."""
+    g = torch.Generator().manual_seed(3)
+    ef = torch.randn(8, 5, 3, generator=g, dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    eq = 2.0 * ef
+    assert idc_loss(eq, ef, labels, pairs, "part").item() == pytest.approx(0.0, abs=1e-20)
+    assert idc_loss(eq, ef, labels, pairs, "global").item() == pytest.approx(0.0, abs=1e-20)
+    raw = idc_loss(eq, ef, labels, pairs, "none").item()
+    assert raw > 0.1
+    assert raw == pytest.approx(idc_loss(eq, ef, labels, pairs, False).item())
+
+
+def test_per_part_drift_counts_only_with_global_normalisation():
+    """One part scaled 3x, the others 2x: per-part normalisation cannot see it, global normalisation can; the
+    value matches a hand computation."""
+    g = torch.Generator().manual_seed(4)
+    ef = torch.randn(6, 4, 2, generator=g, dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    eq = ef.clone() * 2.0
+    eq[:, :, 1] *= 1.5
+    assert idc_loss(eq, ef, labels, "inter", "part").item() == pytest.approx(0.0, abs=1e-20)
+    got = idc_loss(eq, ef, labels, "inter", "global").item()
+    # by hand: D^Q_k = c_k D^F_k with c = (2, 3); mu^Q = mean_k c_k mu^F_k, mu^F = mean_k mu^F_k
+    dq0 = _reference_distances(ef, labels)
+    mu = [sum(d) / len(d) for d in dq0]
+    mu_f = sum(mu) / 2
+    mu_q = (2 * mu[0] + 3 * mu[1]) / 2
+    c = (2.0, 3.0)
+    expected = sum(sum((c[k] * d / mu_q - d / mu_f) ** 2 for d in dq0[k]) / len(dq0[k]) for k in range(2)) / 2
+    assert got == pytest.approx(expected, rel=1e-9)
+    assert got > 1e-3
+
+
+def _reference_distances(e, labels):
+    """Per part, the inter-class ordered-pair distances as Python floats."""
+    n, _, p = e.shape
+    return [[float((e[i, :, k] - e[j, :, k]).norm()) for i in range(n) for j in range(n)
+             if labels[i] != labels[j]] for k in range(p)]
+
+
+def test_normalize_option_validation():
+    eq, ef = torch.randn(4, 5, 2), torch.randn(4, 5, 2)
+    with pytest.raises(ValueError, match="normalize"):
+        idc_loss(eq, ef, torch.tensor([0, 0, 1, 1]), normalize="per-sample")
+    assert IDCLoss(normalize=True).normalize == "part" and IDCLoss(normalize="global").normalize == "global"

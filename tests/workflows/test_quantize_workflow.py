@@ -54,6 +54,13 @@ def test_two_stage_qgait_runs_evaluates_and_resumes(small_config_file, fp_run, t
     assert all("loss/idc" in r for r in log)
     assert (out / "interclass_distances.png").stat().st_size > 1000
     assert load_checkpoint(out / "model.pt")["kind"] == "qgait-quant-model"
+    # issue 13: every evaluation carries the bootstrap's per-subject counts and the embedding diagnostics; the
+    # quantized stages get their drift against FP once the FP model is evaluated (here after them)
+    for stage in ("stage1", "stage2", "fp"):
+        res = json.loads((out / f"{stage}_results.json").read_text())
+        assert res["per_subject"]["subjects"] and len(res["embedding_stats"]["part_norm"]) == 8
+        assert ("embedding_drift" in res) == (stage != "fp")
+    assert set(summary["embedding_drift"]) == {"stage1", "stage2"}
 
     # extend stage 2 by two iterations: stage 1 is complete (not redone), stage 2 resumes from its checkpoint
     for f in out.glob("*_results.json"):
@@ -78,6 +85,21 @@ def test_two_stage_qgait_runs_evaluates_and_resumes(small_config_file, fp_run, t
     cfg4 = load_config(small_config_file, quant_overrides(stage1=5))
     with pytest.raises(ValueError, match="stopped at iteration 3"):
         run_quantize(cfg4, fp_run / "last.pt", tmp_path / "v3", progress=False, stage1_from=out)
+
+
+def test_stage2_only_idd_and_soft_variants(small_config_file, fp_run, tmp_path):
+    """IDD in stage 2 only, the soft stage on activations only with LSQ's step gradient, and no stage-1
+    evaluation (the fair protocol's shared start, docs/lowbit.md)."""
+    cfg = load_config(small_config_file, quant_overrides(stage1=2, stage2=2) + [
+        "quant.idc=null", "quant.idd={weight: 100.0, temperature: 0.1, stages: [2]}", "quant.evaluate_stage1=false",
+        "quant.config.soft={apply_to: activations, step_grad: ste, alpha_start: 1.0, alpha_end: 3.0}"])
+    out = tmp_path / "v"
+    summary = run_quantize(cfg, fp_run / "last.pt", out, progress=False, fp_results={"mean": 0.0})
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [("loss/idd" in r) for r in log] == [False, False, True, True]
+    assert summary["idd"] == {"stage1": False, "stage2": True} and summary["idc"] == {"stage1": False, "stage2": False}
+    assert not (out / "stage1_results.json").exists() and "stage1" not in summary["stages"]
+    assert (out / "stage2_results.json").is_file()
 
 
 def test_ptq_calibrates_and_evaluates_without_training(small_config_file, fp_run, tmp_path):

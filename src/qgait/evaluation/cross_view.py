@@ -28,6 +28,13 @@ Details that are conventions, not accidents:
 * Ties in distance go to the gallery sequence that comes first in the input order.
 * Sequences whose condition belongs to neither the gallery nor a probe set, or whose view is not one of
   the protocol's views, are ignored.
+
+Per-subject counts (``result["per_subject"]``, for a test-subject bootstrap, see
+:mod:`qgait.evaluation.stats`): for every probe set, ``hits[i][a][b]`` and ``probes[i][a][b]`` count the
+probe sequences of subject ``subjects[i]`` at probe view ``a`` matched against gallery view ``b``, and how
+many of them were correct, so that ``table[a][b] == 100 * sum_i hits / sum_i probes``. A pair skipped for
+lack of gallery sequences of view ``b`` has ``probes == hits == 0`` for every subject, so "a pair whose
+probe count is 0 is skipped" reproduces the protocol's skipping rule (also in a resample).
 """
 
 from __future__ import annotations
@@ -181,8 +188,13 @@ def evaluate_cross_view(
         "sets": {set: {"rank-1": float|None, "per_view": {view: float|None}, "table": [[float|None]],
         "table_includes_diagonal": True, "diagonal_excluded": bool, "num_probes": int,
         "skipped_pairs": [[probe view, gallery view], ...]}}, "mean": float, "sets_in_mean": [set, ...],
-        "num_sequences": N, "num_gallery": int}``. ``table[i][j]`` is the rank-1 (percent, 0-100) of probe
-        view ``views[i]`` against gallery view ``views[j]``; values are not rounded.
+        "num_sequences": N, "num_gallery": int, "per_subject": {...}}``. ``table[i][j]`` is the rank-1
+        (percent, 0-100) of probe view ``views[i]`` against gallery view ``views[j]``; values are not
+        rounded. ``per_subject`` is ``{"protocol": str, "subjects": [subject, ...], "views": [view, ...],
+        "exclude_identical_view": bool, "sets": {set: {"hits": [[[int]]], "probes": [[[int]]]}}}``:
+        ``subjects`` are the probe subjects (at least one probe sequence in some set), sorted; ``hits`` /
+        ``probes`` are indexed ``[subject][probe view][gallery view]`` (see the module docstring; all zeros
+        for a gallery view without gallery sequences); plain ints in nested lists (JSON-serialisable).
 
     Raises:
         TypeError: ``embeddings`` is neither a tensor nor a numpy array.
@@ -244,6 +256,30 @@ def evaluate_cross_view(
                 nearest = cols[dist[:, cols].argmin(1)]  # argmin returns the first minimum: input order wins ties
                 correct[start : start + block, v] = g_subj[nearest] == p_subj[start : start + block]
 
+    # Per-subject counts: probe subjects sorted (by value, or by str for mixed types), row index per probe.
+    probe_subjects = _sorted_subjects({subj[i] for i in prb_idx})
+    subject_row = {x: r for r, x in enumerate(probe_subjects)}
+    p_row = np.array([subject_row[subj[i]] for i in prb_idx], dtype=np.int64)
+    p_view_np = p_view.numpy()
+    p_set_np = p_set.numpy()
+    correct_np = correct.numpy()
+    has_gallery = np.array([cols.numel() > 0 for cols in gal_cols])
+    n_subj = len(probe_subjects)
+    per_subject_sets: dict = {}
+    for s, set_name in enumerate(set_names):
+        mask = p_set_np == s
+        cell = p_row[mask] * n_views + p_view_np[mask]  # (subject, probe view) of each probe of the set
+        n_cell = np.bincount(cell, minlength=n_subj * n_views).reshape(n_subj, n_views)
+        probes_sab = np.where(has_gallery[None, None, :], n_cell[:, :, None], 0)
+        hits_sab = np.stack(
+            [np.bincount(cell, weights=correct_np[mask, b], minlength=n_subj * n_views) for b in range(n_views)],
+            axis=-1,
+        ).reshape(n_subj, n_views, n_views)
+        per_subject_sets[set_name] = {
+            "hits": np.rint(hits_sab).astype(np.int64).tolist(),
+            "probes": probes_sab.astype(np.int64).tolist(),
+        }
+
     sets: dict = {}
     for s, set_name in enumerate(set_names):
         in_set = p_set == s
@@ -288,4 +324,24 @@ def evaluate_cross_view(
         "sets_in_mean": in_mean,
         "num_sequences": n_seq,
         "num_gallery": len(gal_idx),
+        "per_subject": {
+            "protocol": protocol.name,
+            "subjects": [_plain(x) for x in probe_subjects],
+            "views": list(protocol.views),
+            "exclude_identical_view": protocol.exclude_identical_view,
+            "sets": per_subject_sets,
+        },
     }
+
+
+def _sorted_subjects(subjects: set) -> list:
+    """Subject ids sorted by value, or by ``(type name, str)`` when they are not mutually comparable."""
+    try:
+        return sorted(subjects)
+    except TypeError:
+        return sorted(subjects, key=lambda x: (type(x).__name__, str(x)))
+
+
+def _plain(x: Any) -> Any:
+    """A numpy scalar as the Python scalar (JSON-serialisable); anything else unchanged."""
+    return x.item() if isinstance(x, np.generic) else x

@@ -218,6 +218,40 @@ def _atomic_write(path: Path, text: str) -> None:
         raise
 
 
+_COMPACT_KEYS = ("per_subject",)
+"""Entries written on one line by :func:`dumps_results` (per-subject count arrays: tens of thousands of ints)."""
+
+
+def dumps_results(data: Any, indent: int = 2) -> str:
+    """Strict JSON (NaN / inf refused) of a result, indented, except that the entries named in ``_COMPACT_KEYS``
+    (at any depth) are written compactly on one line: ``per_subject`` holds about 36,000 counts for CASIA-B, one per
+    line with ``indent`` (640 KB instead of 80 KB). ``json.loads`` of the output gives the same data.
+
+    Raises:
+        ValueError: a non-finite float; TypeError: a value JSON cannot hold.
+    """
+    compact: list[str] = []
+
+    def strip(v: Any) -> Any:
+        if isinstance(v, Mapping):
+            out = {}
+            for k, x in v.items():
+                if k in _COMPACT_KEYS:
+                    compact.append(json.dumps(x, separators=(",", ":"), allow_nan=False))
+                    out[k] = f"\x00compact{len(compact) - 1}\x00"
+                else:
+                    out[k] = strip(x)
+            return out
+        if isinstance(v, list):
+            return [strip(x) for x in v]
+        return v
+
+    text = json.dumps(strip(data), indent=indent, allow_nan=False)
+    for i, c in enumerate(compact):
+        text = text.replace(json.dumps(f"\x00compact{i}\x00"), c, 1)
+    return text
+
+
 def write_results(result: Mapping, out_dir: str | os.PathLike, name: str) -> tuple[Path, Path]:
     """Write ``out_dir/name.json`` (indented, strict JSON: NaN / inf become ``null``) and ``out_dir/name.md``.
 
@@ -253,6 +287,6 @@ def write_results(result: Mapping, out_dir: str | os.PathLike, name: str) -> tup
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / f"{name}.json", out / f"{name}.md"
-    _atomic_write(json_path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+    _atomic_write(json_path, dumps_results(data) + "\n")
     _atomic_write(md_path, markdown)
     return json_path, md_path

@@ -4,11 +4,19 @@ For each part k of the part embeddings ``E [n, c, p]``::
 
     D^Q_k(i, j) = || E^Q[i, :, k] - E^Q[j, :, k] ||_2          (D^F_k likewise, no gradient)
     M(i, j)     = [y_i != y_j]   (pairs="inter";  pairs="all": [i != j])
-    mu_k        = sum(M D_k) / sum(M)                           (normalize=True; "relative" distances)
+    mu_k        = sum(M D_k) / sum(M)                           (normalize="part"; "relative" distances)
     L_IDC       = mean_k  sum_{i,j} M(i,j) l(D^Q_k / mu^Q_k, D^F_k / mu^F_k) / sum M
 
 ``l`` is the squared error (or Huber). Ordered pairs are used: each unordered pair counts twice, which leaves the
 loss unchanged. The loss is the mean over parts of the per-part means over the masked pairs.
+
+Normalisation (issue 13's variants; each model is scaled by its own mean, the FP model's without gradient):
+
+- ``"part"`` (methods.md 1.5, ``True``): per part, ``mu_k`` as above. Scale-invariant per part, so a drift of
+  one part's scale against the others costs nothing.
+- ``"global"``: one ``mu = mean_k mu_k`` for all parts: a uniform scale-up still costs nothing, but a part that
+  grows more than the others does.
+- ``"none"`` (``False``): raw distances: the quantized model must also keep the FP model's absolute scale.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["idc_loss", "IDCLoss", "pairwise_distances"]
+__all__ = ["idc_loss", "IDCLoss", "pairwise_distances", "normalize_mode"]
 
 _EPS = 1e-12
 
@@ -40,6 +48,21 @@ def pairwise_distances(emb: Tensor) -> Tensor:
     return torch.cdist(x, x, p=2.0, compute_mode="donot_use_mm_for_euclid_dist")
 
 
+_NORMALIZE = {True: "part", False: "none", "part": "part", "global": "global", "none": "none"}
+
+
+def normalize_mode(normalize: bool | str) -> str:
+    """``"part"``, ``"global"`` or ``"none"`` from the option (``True`` = ``"part"``, ``False`` = ``"none"``).
+
+    Raises:
+        ValueError: anything else.
+    """
+    try:
+        return _NORMALIZE[normalize]
+    except (KeyError, TypeError):
+        raise ValueError(f"normalize must be 'part', 'global', 'none' or a bool, got {normalize!r}") from None
+
+
 def _check_options(pairs: str, loss: str, huber_delta: float) -> None:
     if pairs not in ("inter", "all"):
         raise ValueError(f"pairs must be 'inter' or 'all', got {pairs!r}")
@@ -54,7 +77,7 @@ def idc_loss(
     emb_f: Tensor,
     labels: Tensor,
     pairs: Literal["inter", "all"] = "inter",
-    normalize: bool = True,
+    normalize: bool | Literal["part", "global", "none"] = True,
     loss: Literal["mse", "huber"] = "mse",
     huber_delta: float = 1.0,
 ) -> Tensor:
@@ -65,7 +88,9 @@ def idc_loss(
         emb_f: ``[n, c, p]`` embeddings of the frozen FP model (detached; no gradient).
         labels: ``[n]`` identity labels.
         pairs: ``"inter"``: pairs with different labels; ``"all"``: every pair ``i != j``.
-        normalize: divide each part's distances by their mean over the masked pairs (scale invariance).
+        normalize: ``"part"``/``True``: divide each part's distances by their mean over the masked pairs (scale
+            invariance per part); ``"global"``: by the mean over the masked pairs and all parts (uniform scale
+            invariance, per-part drift counts); ``"none"``/``False``: raw distances.
         loss: ``"mse"`` (squared error) or ``"huber"`` (``F.huber_loss`` with ``huber_delta``).
         huber_delta: Huber threshold (> 0).
 
@@ -76,8 +101,9 @@ def idc_loss(
 
     Raises:
         ValueError: shapes mismatch (``emb_q``, ``emb_f`` must be equal ``[n, c, p]``, ``labels`` ``[n]``),
-            unknown ``pairs``/``loss``, non-positive ``huber_delta``.
+            unknown ``pairs``/``loss``/``normalize``, non-positive ``huber_delta``.
     """
+    norm = normalize_mode(normalize)
     if emb_q.dim() != 3 or emb_q.shape != emb_f.shape:
         raise ValueError(f"emb_q and emb_f must both be [n, c, p]; got {tuple(emb_q.shape)}, {tuple(emb_f.shape)}")
     if labels.dim() != 1 or labels.shape[0] != emb_q.shape[0]:
@@ -100,9 +126,11 @@ def idc_loss(
     with torch.no_grad():
         d_f = pairwise_distances(emb_f.detach().to(dt))
     m = mask.to(dt)[None]  # [1, n, n]
-    if normalize:
+    if norm != "none":
         mu_q = (d_q * m).sum(dim=(1, 2), keepdim=True) / count
         mu_f = (d_f * m).sum(dim=(1, 2), keepdim=True) / count
+        if norm == "global":
+            mu_q, mu_f = mu_q.mean(dim=0, keepdim=True), mu_f.mean(dim=0, keepdim=True)
         d_q = d_q / mu_q.clamp_min(_EPS)
         d_f = d_f / mu_f.clamp_min(_EPS)
     if loss == "mse":
@@ -126,16 +154,17 @@ class IDCLoss(nn.Module):
     def __init__(
         self,
         pairs: Literal["inter", "all"] = "inter",
-        normalize: bool = True,
+        normalize: bool | Literal["part", "global", "none"] = True,
         loss: Literal["mse", "huber"] = "mse",
         huber_delta: float = 1.0,
         weight: float = 1.0,
     ) -> None:
         super().__init__()
         _check_options(pairs, loss, huber_delta)
+        normalize = normalize_mode(normalize)
         if not weight >= 0:
             raise ValueError(f"weight must be >= 0, got {weight}")
-        self.pairs, self.normalize, self.loss = pairs, bool(normalize), loss
+        self.pairs, self.normalize, self.loss = pairs, normalize, loss
         self.huber_delta, self.weight = float(huber_delta), float(weight)
 
     def forward(self, emb_q: Tensor, emb_f: Tensor, labels: Tensor) -> Tensor:  # noqa: D102
@@ -155,7 +184,7 @@ class IDCTerm(nn.Module):
     ``outputs["fp_embeddings"]`` (frozen FP model), returns ``(L_IDC, {})`` for :class:`qgait.losses.LossSum`
     (which applies lambda_IDC as the term's weight)."""
 
-    def __init__(self, pairs: Literal["inter", "all"] = "inter", normalize: bool = True,
+    def __init__(self, pairs: Literal["inter", "all"] = "inter", normalize: bool | str = True,
                  loss: Literal["mse", "huber"] = "mse", huber_delta: float = 1.0) -> None:
         super().__init__()
         self.idc = IDCLoss(pairs=pairs, normalize=normalize, loss=loss, huber_delta=huber_delta, weight=1.0)

@@ -62,6 +62,12 @@ class SoftQuantConfig(_Strict):
       ``scripts/soft_grad_norms.py``): conv-weight gradient norm 118x the STE's at alpha 10 with soft output
       quantizers, 14x with ``"ste"`` (8x for the same model family without output quantizers); the soft
       stage with soft output quantizers diverged (docs/results.md, "Ablation"). ``"soft"``: like the others.
+    - ``step_grad``: ``"soft"`` (methods.md 1.3: the soft derivative also enters LSQ's ``dx_q/ds``) or ``"ste"``
+      (the step gradient keeps LSQ's STE form ``round(u) - u``; the soft derivative shapes only the input
+      gradient). Issue 13: the soft step gradient's per-element spread is 3-21x the STE's.
+    - ``apply_to``: which quantizers round softly in the soft stage, ``"both"``, ``"weights"`` or
+      ``"activations"``; the others stay on the STE (the paper's motivation, small input perturbations, points
+      at activations).
     """
 
     mode: Literal["backward_only", "soft_forward"] = "backward_only"
@@ -69,6 +75,8 @@ class SoftQuantConfig(_Strict):
     alpha_end: float = Field(default=10.0, gt=0.0, le=1e6)
     schedule: Literal["linear", "exponential", "constant"] = "linear"
     outputs: Literal["ste", "soft"] = "ste"
+    step_grad: Literal["soft", "ste"] = "soft"
+    apply_to: Literal["both", "weights", "activations"] = "both"
 
 
 class QuantConfig(_Strict):

@@ -10,7 +10,8 @@ LSQ (Esser et al., "Learned Step Size Quantization", ICLR 2020, section 2, eqs. 
     step gradient scaled by g = 1 / sqrt(N * Q_P)       (LSQ section 2, "step size gradient scale")
 
 with ``R = round`` and ``R' = 1`` for the straight-through estimator (STE), or the soft rounding of
-:mod:`qgait.quant.rounding` (QGait, arXiv 2405.13859; methods.md 1.3). Grids: :func:`qgait.quant.grid.grid_range`.
+:mod:`qgait.quant.rounding` (QGait, arXiv 2405.13859; methods.md 1.3). With ``step_grad="ste"`` a soft rounding
+keeps ``R' = 1`` in ``dx_q/ds`` (``R(u) - u`` inside): the soft derivative then shapes only ``dL/dx``. Grids: :func:`qgait.quant.grid.grid_range`.
 
 Numerical safety: the step is clamped to ``>= eps`` (default 1e-8) in the forward pass, with a straight-through
 gradient to the raw parameter so that a step driven below ``eps`` can recover; alpha is clamped as in
@@ -62,6 +63,28 @@ def _bshape(x: Tensor, ch_axis: int | None) -> list[int]:
 
 
 _MODE = {"ste": 0, "soft_backward": 1, "soft_forward": 2}
+_STE_STEP = 2
+"""Offset of the op's mode for a soft rounding whose step gradient keeps LSQ's STE form: 3 = soft_backward,
+4 = soft_forward (``step_grad="ste"``)."""
+
+
+def _op_mode(rounding: RoundingMode, step_grad: str = "soft") -> int:
+    """The op's integer mode: 0 ste, 1 soft_backward, 2 soft_forward; +2 for a soft mode with ``step_grad="ste"``.
+
+    Raises:
+        ValueError: unknown ``rounding`` or ``step_grad``.
+    """
+    if rounding not in _MODE:
+        raise ValueError(f"rounding must be one of {_ROUNDINGS}, got {rounding!r}")
+    if step_grad not in ("soft", "ste"):
+        raise ValueError(f"step_grad must be 'soft' or 'ste', got {step_grad!r}")
+    mode = _MODE[rounding]
+    return mode + _STE_STEP if mode and step_grad == "ste" else mode
+
+
+def _soft_fwd(mode: int) -> bool:
+    """Whether ``mode`` rounds softly in the forward pass (soft_forward, with either step gradient)."""
+    return mode in (2, 4)
 
 
 def _lsq_forward_math(x: Tensor, s: Tensor, a: Tensor, lo: float | Tensor, hi: float | Tensor, soft: bool) -> Tensor:
@@ -74,8 +97,9 @@ def _lsq_forward_math(x: Tensor, s: Tensor, a: Tensor, lo: float | Tensor, hi: f
 def _lsq_grad_math(x: Tensor, s: Tensor, a: Tensor, g: Tensor, lo: float | Tensor, hi: float | Tensor, mode: int):
     """Closed-form LSQ gradients (module docstring): ``(dL/dx, dx_q/ds)``, both of ``x``'s shape (elementwise).
 
-    ``mode``: 0 ste, 1 soft_backward, 2 soft_forward. ``u`` and the ``inside`` mask are computed once; the
-    temporaries are reused in place.
+    ``mode``: 0 ste, 1 soft_backward, 2 soft_forward, 3 / 4 = 1 / 2 with the step gradient in LSQ's STE form
+    ``R(u) - u`` inside (the soft derivative then drives only ``dL/dx``). ``u`` and the ``inside`` mask are computed
+    once; the temporaries are reused in place.
     """
     v = x / s
     u = v.clamp(lo, hi)
@@ -88,8 +112,11 @@ def _lsq_grad_math(x: Tensor, s: Tensor, a: Tensor, g: Tensor, lo: float | Tenso
     else:
         du = _soft_derivative_math(u, a).mul_(inside)
         grad_x = g * du
-        q = _soft_value_math(u, a) if mode == 2 else torch.round(u)
-        ds = q.sub_(u.mul_(du))  # R(u) - u R'(u) inside; R(u) = the clip bound outside
+        q = _soft_value_math(u, a) if _soft_fwd(mode) else torch.round(u)
+        if mode > 2:  # step gradient with R' = 1 (LSQ's form): R(u) - u inside, R(u) = the clip bound outside
+            ds = q.sub_(u.mul_(inside))
+        else:
+            ds = q.sub_(u.mul_(du))  # R(u) - u R'(u) inside; R(u) = the clip bound outside
     return grad_x, ds
 
 
@@ -144,9 +171,17 @@ def _bwd_soft_forward(x, s, a, g, lo: float | Tensor, hi: float | Tensor):
     return _grad_reduced(x, s, a, g, lo, hi, 2)
 
 
+def _bwd_soft_backward_ste_step(x, s, a, g, lo: float | Tensor, hi: float | Tensor):
+    return _grad_reduced(x, s, a, g, lo, hi, 3)
+
+
+def _bwd_soft_forward_ste_step(x, s, a, g, lo: float | Tensor, hi: float | Tensor):
+    return _grad_reduced(x, s, a, g, lo, hi, 4)
+
+
 # one function (one dynamo code cache) per kernel, so modes do not compete for the recompile limit
 _KERNEL_FNS = {"fwd0": _fwd_hard, "fwd2": _fwd_soft, "bwd0": _bwd_ste, "bwd1": _bwd_soft_backward,
-               "bwd2": _bwd_soft_forward}
+               "bwd2": _bwd_soft_forward, "bwd3": _bwd_soft_backward_ste_step, "bwd4": _bwd_soft_forward_ste_step}
 
 
 def _kernel(name: str) -> Callable:
@@ -198,7 +233,7 @@ def _run_kernel(name: str, *args: Tensor | float):
 def _fused_forward(x: Tensor, s: Tensor, a: Tensor, q_n: int, q_p: int, ch_axis: int | None, mode: int):
     """Forward through the compiled kernel, or ``None`` when it failed."""
     xf, sf = _flat_layout(x, s, ch_axis)
-    out = _run_kernel("fwd2" if mode == 2 else "fwd0", xf, sf, a, *_grid_tensors(q_n, q_p, x))
+    out = _run_kernel("fwd2" if _soft_fwd(mode) else "fwd0", xf, sf, a, *_grid_tensors(q_n, q_p, x))
     return None if out is None else out.view(x.shape)
 
 
@@ -232,7 +267,7 @@ class _LSQFakeQuant(torch.autograd.Function):
         ctx.save_for_backward(x, step, alpha)
         ctx.conf = (q_n, q_p, grad_scale, ch_axis, mode, eps)
         s = step.detach().clamp_min(eps)
-        if use_fused and mode != 2 and x.dtype == torch.float32 and s.dtype == torch.float32:
+        if use_fused and not _soft_fwd(mode) and x.dtype == torch.float32 and s.dtype == torch.float32:
             # one fused ATen pass: clamp(nearbyint(x * (1/s)), -Q_N, Q_P) * s (same grid, same tie rule)
             if ch_axis is None:
                 return torch.fake_quantize_per_tensor_affine(
@@ -247,7 +282,7 @@ class _LSQFakeQuant(torch.autograd.Function):
             if out is not None:
                 return out
         sb = s.to(dt).reshape(_bshape(x, ch_axis))
-        return _lsq_forward_math(x.to(dt), sb, a, -q_n, q_p, mode == 2).to(x.dtype)
+        return _lsq_forward_math(x.to(dt), sb, a, -q_n, q_p, _soft_fwd(mode)).to(x.dtype)
 
     @staticmethod
     def backward(ctx, g):  # noqa: D102
@@ -277,6 +312,7 @@ def lsq_fake_quantize(
     alpha: float | Tensor = 1.0,
     eps: float = 1e-8,
     use_fused: bool = False,
+    step_grad: str = "soft",
 ) -> Tensor:
     """Functional LSQ fake quantizer (Esser et al. ICLR 2020, section 2, eqs. 1-3; soft modes: methods.md 1.3).
 
@@ -293,16 +329,18 @@ def lsq_fake_quantize(
             (float32 only; slower than torch ops on CPU, see :class:`LSQQuantizer`); the backward is always this
             module's closed form. Independent of this flag, large float32 tensors run the forward and backward
             as ``torch.compile`` kernels of the same math (module docstring, :func:`set_compiled_kernels`).
+        step_grad: for the soft roundings, ``"soft"`` (default) uses ``R'`` = the soft derivative in ``dx_q/ds``
+            too; ``"ste"`` keeps LSQ's ``round(u) - u`` there, so the soft derivative drives only ``dL/dx``
+            (issue 13's variant; ignored for ``"ste"``).
 
     Returns:
         ``x_q``, same shape and dtype as ``x``, on the grid ``step * k``, ``k`` integer in ``[-q_n, q_p]``
         (for ``soft_forward``: ``step * softround(u)``).
 
     Raises:
-        ValueError: unknown rounding, step shape not matching ``ch_axis``.
+        ValueError: unknown rounding or step_grad, step shape not matching ``ch_axis``.
     """
-    if rounding not in _MODE:
-        raise ValueError(f"rounding must be one of {_ROUNDINGS}, got {rounding!r}")
+    mode = _op_mode(rounding, step_grad)
     if ch_axis is not None:
         ch_axis = ch_axis % x.dim()
         if step.dim() != 1 or step.numel() != x.shape[ch_axis]:
@@ -313,5 +351,5 @@ def lsq_fake_quantize(
         raise ValueError(f"per-tensor step must have one element, got shape {tuple(step.shape)}")
     a = torch.as_tensor(alpha, dtype=torch.float32, device=x.device)
     return _LSQFakeQuant.apply(
-        x, step, a, int(q_n), int(q_p), float(grad_scale), ch_axis, _MODE[rounding], float(eps), bool(use_fused)
+        x, step, a, int(q_n), int(q_p), float(grad_scale), ch_axis, mode, float(eps), bool(use_fused)
     )

@@ -24,9 +24,9 @@ from torch import Tensor, nn
 
 from .calibration import ActObserver, calibrate_step
 from .fake_quant import (
-    _MODE,
     COMPILE_MIN_NUMEL,
     _LSQFakeQuant,
+    _op_mode,
     compiled_kernels_enabled,
     lsq_fake_quantize,
     set_compiled_kernels,
@@ -78,6 +78,9 @@ class LSQQuantizer(nn.Module):
             float32 inputs use the fused ``torch.compile`` kernels of the module docstring
             (:func:`set_compiled_kernels`, ``QGAIT_COMPILE_QUANT=0`` to turn them off).
         alpha: initial soft-rounding sharpness (see :meth:`set_alpha`).
+        step_grad: for the soft roundings, ``"soft"`` (the soft derivative also drives the step gradient,
+            methods.md 1.3) or ``"ste"`` (LSQ's step gradient; the soft derivative only in ``dL/dx``). Not saved
+            in the state dict: a training setting, like ``rounding``.
 
     State (all in ``state_dict``): ``step`` (Parameter ``[C]`` or ``[]``), ``initialized`` (bool ``[]``),
     ``signed_state`` (int8 ``[]``: -1 undecided, 0 unsigned, 1 signed), ``alpha`` (float32 ``[]``).
@@ -105,8 +108,10 @@ class LSQQuantizer(nn.Module):
         eps: float = 1e-8,
         use_fused: bool = False,
         alpha: float = 2.0,
+        step_grad: Literal["soft", "ste"] = "soft",
     ) -> None:
         super().__init__()
+        _op_mode(rounding, step_grad)  # validates step_grad
         grid_range(bits, True)  # validates bits
         if rounding not in _ROUNDINGS:
             raise ValueError(f"rounding must be one of {_ROUNDINGS}, got {rounding!r}")
@@ -120,6 +125,7 @@ class LSQQuantizer(nn.Module):
         self.per_channel = bool(per_channel)
         self.ch_axis = int(ch_axis)
         self.rounding: RoundingMode = rounding
+        self.step_grad = step_grad
         self.role = role
         self.init_method: InitMethod = init_method
         self.percentile = float(percentile)
@@ -202,6 +208,15 @@ class LSQQuantizer(nn.Module):
         if rounding not in _ROUNDINGS:
             raise ValueError(f"rounding must be one of {_ROUNDINGS}, got {rounding!r}")
         self.rounding = rounding
+
+    def set_step_grad(self, step_grad: Literal["soft", "ste"]) -> None:
+        """Choose the step gradient of the soft roundings: ``"soft"`` or ``"ste"`` (see the class docstring).
+
+        Raises:
+            ValueError: not ``"soft"`` or ``"ste"``.
+        """
+        _op_mode(self.rounding, step_grad)
+        self.step_grad = step_grad
 
     def _decide_sign(self, non_negative: bool) -> bool:
         if self.is_signed is None:
@@ -288,8 +303,8 @@ class LSQQuantizer(nn.Module):
             rounding = "ste"
         ch_axis = self.ch_axis % x.dim() if self.per_channel else None
         return _LSQFakeQuant.apply(
-            x, self.step, self.alpha, q_n, q_p, self._grad_scale(x), ch_axis, _MODE[rounding], self.eps,
-            self.use_fused,
+            x, self.step, self.alpha, q_n, q_p, self._grad_scale(x), ch_axis, _op_mode(rounding, self.step_grad),
+            self.eps, self.use_fused,
         )
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: D102
@@ -304,6 +319,7 @@ class LSQQuantizer(nn.Module):
         signed = {None: "auto", True: "signed", False: "unsigned"}[self.is_signed]
         pc = f"per_channel(axis={self.ch_axis}, C={self.step.numel()})" if self.per_channel else "per_tensor"
         return (
-            f"bits={self._bits}, {signed}, {pc}, rounding={self.rounding}, role={self.role}, "
+            f"bits={self._bits}, {signed}, {pc}, rounding={self.rounding}"
+            f"{', step_grad=ste' if self.step_grad == 'ste' else ''}, role={self.role}, "
             f"init={self.init_method}, initialized={self.is_initialized}, enabled={self.enabled}"
         )

@@ -281,22 +281,34 @@ def calibrate_(
     return model
 
 
-def set_rounding_(model: nn.Module, rounding: str, outputs: str | None = None) -> nn.Module:
+_ROLES = {"both": ("weight", "activation"), "weights": ("weight",), "activations": ("activation",)}
+
+
+def set_rounding_(model: nn.Module, rounding: str, outputs: str | None = None, apply_to: str = "both",
+                  step_grad: str | None = None) -> nn.Module:
     """Set every quantizer's rounding: ``"ste"`` (alias ``"lsq"``), ``"soft_backward"`` (alias
     ``"backward_only"``) or ``"soft_forward"`` (methods.md 1.3-1.4: stage 1 -> stage 2). In place; returns model.
 
     Args:
         outputs: rounding of the output quantizers (:mod:`qgait.quant.outputs`) if not ``rounding``, e.g.
             ``"ste"`` to keep them on the STE during the soft stage (:class:`SoftQuantConfig`, ``outputs``).
+        apply_to: ``"both"``, ``"weights"`` or ``"activations"``: the quantizers of the other role get ``"ste"``
+            (:class:`SoftQuantConfig`, ``apply_to``). Output quantizers are activations.
+        step_grad: if given, every quantizer's step gradient for the soft roundings, ``"soft"`` or ``"ste"``
+            (:meth:`LSQQuantizer.set_step_grad`).
 
     Raises:
-        ValueError: unknown rounding.
+        ValueError: unknown rounding, ``apply_to`` or ``step_grad``.
     """
     for r in (rounding, outputs):
         if r is not None and r not in _ROUNDING_ALIASES:
             raise ValueError(f"rounding must be one of {sorted(_ROUNDING_ALIASES)}, got {r!r}")
+    if apply_to not in _ROLES:
+        raise ValueError(f"apply_to must be one of {sorted(_ROLES)}, got {apply_to!r}")
     for _, q in iter_quantizers(model):
-        q.set_rounding(_ROUNDING_ALIASES[rounding])
+        q.set_rounding(_ROUNDING_ALIASES[rounding] if q.role in _ROLES[apply_to] else "ste")
+        if step_grad is not None:
+            q.set_step_grad(step_grad)
     if outputs is not None:
         for _, q in output_quantizers(model):
             q.set_rounding(_ROUNDING_ALIASES[outputs])

@@ -129,3 +129,20 @@ def prepare_run(cfg: ExperimentConfig, out_dir: Path, progress: bool):
 def set_threads(threads: int | None) -> None:
     if threads:
         torch.set_num_threads(threads)
+
+
+def evaluate_with_stats(model, store: SequenceStore, subjects, cfg: ExperimentConfig, device, progress: bool,
+                        fp_stats: dict | None = None) -> dict:
+    """Evaluate ``model`` on the test ``subjects`` with ``cfg``'s protocol (:func:`evaluate_on_store`) and add the
+    embedding-space diagnostics (issue 13): ``embedding_stats`` of the test embeddings (per-part norm, inter- and
+    intra-class distance; 20,000 sampled pairs) and, given the FP model's ``fp_stats``, ``embedding_drift``."""
+    from ..evaluation.embedding_stats import embedding_drift, embedding_stats
+    from ..evaluation.runner import evaluate_on_store
+
+    res = evaluate_on_store(model, store, subjects, tuple(cfg.data.input_size), cfg.eval.protocol, cfg.eval.metric,
+                            cfg.data.test_max_frames, device, progress, return_embeddings=True)
+    emb, recs = res.pop("embeddings"), res.pop("records")
+    res["embedding_stats"] = embedding_stats(emb, [r.subject for r in recs], max_pairs=20_000)
+    if fp_stats is not None:
+        res["embedding_drift"] = embedding_drift(res["embedding_stats"], fp_stats)
+    return res

@@ -8,8 +8,7 @@ import torch
 from ..config import ExperimentConfig
 from ..engine.checkpoint import load_inference_model
 from ..evaluation.report import format_cross_view, write_results
-from ..evaluation.runner import evaluate_on_store
-from .common import log, open_or_build_store, set_threads, split_subjects
+from .common import evaluate_with_stats, log, open_or_build_store, set_threads, split_subjects
 
 
 def run_evaluate(cfg: ExperimentConfig, checkpoint: str | Path, out_dir: str | Path | None = None,
@@ -20,10 +19,8 @@ def run_evaluate(cfg: ExperimentConfig, checkpoint: str | Path, out_dir: str | P
     store = open_or_build_store(cfg.data, progress)
     split = split_subjects(store, cfg.data)
     log(f"evaluating {checkpoint} on {len(split.test_subjects)} test subjects")
-    res = evaluate_on_store(
-        model, store, split.test_subjects, tuple(cfg.data.input_size), cfg.eval.protocol, cfg.eval.metric,
-        cfg.data.test_max_frames, "cpu" if not torch.cuda.is_available() else "cuda", progress,
-    )
+    res = evaluate_with_stats(model, store, split.test_subjects, cfg,
+                              "cpu" if not torch.cuda.is_available() else "cuda", progress)
     res["model"] = str(checkpoint)
     if out_dir is not None:
         write_results(res, out_dir, name)

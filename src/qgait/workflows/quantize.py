@@ -27,14 +27,15 @@ from ..engine.distributed import cleanup
 from ..engine.schedule import lr_at
 from ..engine.trainer import Trainer
 from ..evaluation.distribution import interclass_distances, plot_interclass
+from ..evaluation.embedding_stats import embedding_drift
 from ..evaluation.extract import extract_embeddings
 from ..evaluation.report import format_comparison, rank1_row, write_results
-from ..evaluation.runner import evaluate_on_store
 from ..losses import LossSum
 from ..losses.idc import IDCTerm
+from ..losses.idd import IDDTerm
 from ..models import GaitWithHead
 from ..quant import alpha_at, calibrate_, quant_summary, quantize_, set_alpha_, set_rounding_, step_parameters
-from .common import build_losses, build_network, log, prepare_run
+from .common import build_losses, build_network, evaluate_with_stats, log, prepare_run
 from .train import make_train_batches
 
 
@@ -75,8 +76,11 @@ class FrozenTeacher(nn.Module):
 
 
 def _losses(cfg: ExperimentConfig, stage: int, has_head: bool, idc_only: bool = False) -> tuple[LossSum, bool]:
+    """The stage's loss: the task losses (triplet, CE) plus IDC and IDD against the frozen FP model where the
+    config enables them for ``stage``; ``idc_only``: IDC alone. Returns the sum and whether IDC is in it."""
     q = cfg.quant
     use_idc = q.idc is not None and q.idc.weight > 0 and (idc_only or stage in q.idc.stages)
+    use_idd = q.idd is not None and q.idd.weight > 0 and stage in q.idd.stages and not idc_only
     if idc_only:
         if not use_idc:
             raise ValueError("the IDC-only calibration phase needs quant.idc with a weight > 0")
@@ -87,14 +91,24 @@ def _losses(cfg: ExperimentConfig, stage: int, has_head: bool, idc_only: bool = 
     if use_idc:
         i = q.idc
         terms["idc"] = (IDCTerm(i.pairs, i.normalize, i.loss, i.huber_delta), i.weight)
+    if use_idd:
+        terms["idd"] = (IDDTerm(q.idd.temperature, q.idd.per_part), q.idd.weight)
     return LossSum(terms), use_idc
 
 
 def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str | Path, progress: bool = True,
-                 fp_results: dict | None = None, stage1_from: str | Path | None = None) -> dict:
+                 fp_results: dict | None = None, stage1_from: str | Path | None = None,
+                 fp_embedding_stats: dict | None = None) -> dict:
     """QGait from ``fp_checkpoint`` into ``out_dir``; returns ``{stage: {NM, BG, CL, mean}}`` and timings.
 
+    Every evaluation's JSON carries the embedding-space diagnostics (issue 13): ``embedding_stats`` (per-part
+    embedding norm and inter-class mean distance, :func:`qgait.evaluation.embedding_stats.embedding_stats`) and,
+    against the FP model's, ``embedding_drift`` (quantized over FP per part, and how far the ratios spread).
+
     Args:
+        fp_results: the FP model's ``{NM, BG, CL, mean}`` (skips evaluating the FP model).
+        fp_embedding_stats: the FP model's ``embedding_stats`` (from its results JSON); without them the drift is
+            added once the FP model has been evaluated (only when ``fp_results`` is not given).
         stage1_from: a finished run folder whose stage 1 (``stage1_last.pt``, ``stage1_results.json``) this run
             reuses (see :func:`reuse_stage1`), so that stage-2 variants start from one stage-1 model.
 
@@ -126,16 +140,20 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
         }
         size = tuple(cfg.data.input_size)
 
+        fp_stats = {"stats": fp_embedding_stats}
+
         def evaluate(stage: str, model: nn.Module) -> dict:
             path = out_dir / f"{stage}_results.json"
             if path.is_file():
                 res = json.loads(path.read_text())
             else:
                 t0 = time.perf_counter()
-                res = evaluate_on_store(model, store, split.test_subjects, size, cfg.eval.protocol, cfg.eval.metric,
-                                        cfg.data.test_max_frames, ctx.device, progress)
+                res = evaluate_with_stats(model, store, split.test_subjects, cfg, ctx.device, progress,
+                                          None if stage == "fp" else fp_stats["stats"])
                 res["eval_seconds"] = round(time.perf_counter() - t0, 1)
                 res["model"] = f"{cfg.name} {stage}"
+                if stage == "fp":
+                    fp_stats["stats"] = res["embedding_stats"]
                 write_results(res, out_dir, f"{stage}_results")
             row = rank1_row(res)
             summary["stages"][stage] = row
@@ -154,7 +172,7 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
             return Trainer(
                 net, loss_fn, batches, opt, lr_fn, iterations, out_dir, ctx,
                 log_every=cfg.train.log_every, save_every=cfg.train.save_every, amp=cfg.train.amp,
-                extra_outputs=teacher if "idc" in loss_fn.terms else None, hooks=hooks,
+                extra_outputs=teacher if {"idc", "idd"} & set(loss_fn.terms) else None, hooks=hooks,
                 train_mode_fn=train_mode_fn, checkpoint_name=f"{stage_name}_last.pt",
                 config=dump_config(cfg), progress=progress, tag=stage_name,
             )
@@ -181,12 +199,18 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
                 continue
             run_stage(idx, st, cfg, net, trainer, summary)
             if ctx.is_main:
-                save_model("stage1_model.pt" if idx == 1 and q.stage2.iterations else "model.pt")
-                evaluate(f"stage{idx}", net.model)
+                intermediate = idx == 1 and q.stage2.iterations
+                save_model("stage1_model.pt" if intermediate else "model.pt")
+                if not intermediate or q.evaluate_stage1:
+                    evaluate(f"stage{idx}", net.model)
         if ctx.is_main:
             if fp_results is None:
                 fp_results = evaluate("fp", teacher.model)
+                add_drift(out_dir, ("stage1", "stage2", "final"), fp_stats["stats"])
             summary["stages"]["fp"] = fp_results
+            drift = {k: json.loads(p.read_text()).get("embedding_drift") for k in ("stage1", "stage2", "final")
+                     if (p := out_dir / f"{k}_results.json").is_file()}
+            summary["embedding_drift"] = {k: v for k, v in drift.items() if v}
             if q.plot:
                 models = {"FP": teacher.model}
                 if (out_dir / "stage1_model.pt").is_file():
@@ -206,6 +230,21 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
         return summary
     finally:
         cleanup(ctx)
+
+
+def add_drift(out_dir: Path, stages: tuple[str, ...], fp_stats: dict | None) -> None:
+    """Add ``embedding_drift`` against ``fp_stats`` to the ``<stage>_results.json`` files of ``out_dir`` that have
+    ``embedding_stats`` but no drift yet (stages evaluated before the FP model was). Atomic rewrite."""
+    if fp_stats is None:
+        return
+    for stage in stages:
+        path = out_dir / f"{stage}_results.json"
+        if not path.is_file():
+            continue
+        res = json.loads(path.read_text())
+        if "embedding_stats" in res and "embedding_drift" not in res:
+            res["embedding_drift"] = embedding_drift(res["embedding_stats"], fp_stats)
+            write_results(res, out_dir, f"{stage}_results")
 
 
 def reuse_stage1(src_dir: str | Path, out_dir: str | Path, iterations: int) -> None:
@@ -236,7 +275,9 @@ def run_stage(idx: int, st: StageConfig, cfg: ExperimentConfig, net: GaitWithHea
     """Train stage ``idx`` (1: LSQ + STE, 2: soft quantizer) with its rounding, lr schedule and alpha schedule."""
     q = cfg.quant
     keep_outputs_ste = st.rounding != "ste" and q.config.soft.outputs == "ste"  # SoftQuantConfig.outputs
-    set_rounding_(net.model, st.rounding, outputs="ste" if keep_outputs_ste else None)
+    soft = q.config.soft
+    set_rounding_(net.model, st.rounding, outputs="ste" if keep_outputs_ste else None, apply_to=soft.apply_to,
+                  step_grad=soft.step_grad)
     hooks = []
     if st.rounding != "ste":
         def anneal(it: int, n=st.iterations) -> None:
@@ -249,3 +290,4 @@ def run_stage(idx: int, st: StageConfig, cfg: ExperimentConfig, net: GaitWithHea
             lambda it: lr_at(it, st.lr, st.milestones, st.gamma), hooks=hooks).fit()
     summary["seconds"][f"stage{idx}"] = round(time.perf_counter() - t0, 1)
     summary.setdefault("idc", {})[f"stage{idx}"] = use_idc
+    summary.setdefault("idd", {})[f"stage{idx}"] = "idd" in loss_fn.terms

@@ -1,0 +1,285 @@
+"""The low-bit accuracy study (issue 13) under the fair protocol of docs/lowbit.md: run it, and regenerate its
+tables from the committed JSON.
+
+    python scripts/lowbit.py run [--setting w3a3] [--seeds 0,1,2] [--rows lsq,soft_dsq]   # resumable
+    python scripts/lowbit.py table                                                         # README from JSON
+
+A *setting* (bit width) is one comparison: every row trains the same schedule (``_schedule.yaml`` of the setting:
+iterations at each learning rate), and every row except those in ``own_stage1`` starts stage 2 from the control
+row's stage-1 checkpoint of the same seed (``qgait quantize --stage1-from``), so that only the component differs.
+Runs go to ``runs/lowbit/<setting>/seed<k>/<row>/``; each finished run's evaluation (final model, with the
+per-subject counts the bootstrap needs and the embedding diagnostics) is copied to
+``results/lowbit/<setting>/<row>_seed<k>.json``; the control's stage-1 training checkpoint (the shared start) is
+kept in ``zoo/lowbit/<setting>/seed<k>/stage1_last.pt`` and the key rows' models beside it, so that later sittings
+continue without retraining. The table (``results/lowbit/README.md``) has, per row, the mean and standard deviation
+over seeds, the paired difference to the control with its standard error, and a test-subject bootstrap 95%
+confidence interval for it (:mod:`qgait.evaluation.stats`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "results" / "lowbit"
+CONFIGS = RESULTS / "configs"
+ZOO = REPO / "zoo" / "lowbit"
+FP_CKPT = REPO / "zoo" / "gaitbase_casiab_cpu" / "model.pt"
+FP_RESULTS = REPO / "zoo" / "gaitbase_casiab_cpu" / "results.json"
+ZOO_LIMIT_BYTES = 5 * 2**20
+SETS = ("NM", "BG", "CL", "mean")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One comparison: its control row (LSQ with the STE, whose stage 1 every other row shares), its rows in run
+    order with their labels, the seeds, the rows a claim rests on (3 seeds at least), and rows that train their
+    own stage 1 (a component active in stage 1: same schedule, no shared start)."""
+
+    title: str
+    control: str
+    rows: dict[str, str]
+    seeds: tuple[int, ...] = (0, 1, 2)
+    key_rows: tuple[str, ...] = ()
+    own_stage1: frozenset[str] = field(default_factory=frozenset)
+
+
+SETTINGS: dict[str, Setting] = {
+    "w3a3": Setting(
+        title="W3A3 (the hard setting)",
+        control="lsq",
+        rows={
+            "lsq": "LSQ (STE), the control",
+            "soft_dsq_ste_step": "soft, alpha 1 -> 3, LSQ step gradient",
+            "idc_global_w30": "IDC, one normalisation across parts, weight 30, stage 2",
+            "idd_w300": "IDD (FP neighbour distribution, tau 0.1), weight 300, stage 2",
+            "soft_qgait": "soft quantizer, alpha 2 -> 10 (methods.md 1.3)",
+            "idc_part_w30": "IDC per-part normalised, weight 30, stage 2",
+            "soft_dsq": "soft quantizer, alpha 1 -> 3 (DSQ's range)",
+            "idc_none_w001": "IDC on raw distances, weight 0.01, stage 2",
+            "soft_dsq_acts": "soft on activations only, alpha 1 -> 3, LSQ step gradient",
+            "soft_dsq_weights": "soft on weights only, alpha 1 -> 3, LSQ step gradient",
+            "idc_part": "IDC per-part normalised, weight 1 (methods.md 1.5), stage 2",
+        },
+        key_rows=("lsq",),
+    ),
+}
+
+
+def config_path(setting: str, row: str) -> Path:
+    return CONFIGS / setting / f"{row}.yaml"
+
+
+def result_path(setting: str, row: str, seed: int) -> Path:
+    return RESULTS / setting / f"{row}_seed{seed}.json"
+
+
+# ------------------------------------------------------------------------------------------------ running
+def _run_one(setting: str, row: str, seed: int, runs: Path, fp: Path, fp_results: Path) -> None:
+    from qgait.evaluation.report import dumps_results
+
+    st = SETTINGS[setting]
+    out = result_path(setting, row, seed)
+    if out.is_file():
+        return
+    run_dir = runs / setting / f"seed{seed}" / row
+    cmd = [sys.executable, "-m", "qgait.cli", "quantize", str(config_path(setting, row)), "--from", str(fp),
+           "--output-dir", str(run_dir), "--quiet", "--fp-results", str(fp_results), "--set", f"train.seed={seed}"]
+    shared = None
+    if row != st.control and row not in st.own_stage1:
+        shared = shared_start(setting, seed, runs)
+        cmd += ["--stage1-from", str(shared)]
+    print("running", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    final = next(run_dir / f"{k}_results.json" for k in ("final", "stage2", "stage1")
+                 if (run_dir / f"{k}_results.json").is_file())
+    result = json.loads(final.read_text())
+    rel = lambda p: str(Path(p).resolve().relative_to(REPO)) if Path(p).resolve().is_relative_to(REPO) else str(p)  # noqa: E731
+    record = {
+        "setting": setting, "row": row, "seed": seed,
+        "command": (f"qgait quantize {rel(config_path(setting, row))} --from {rel(fp)} --fp-results {rel(fp_results)}"
+                    f" --set train.seed={seed}" + (f" --stage1-from {rel(shared)}" if shared else "")),
+        "summary": summary, "result": result,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(dumps_results(record, indent=1) + "\n")
+    tmp.replace(out)
+    keep_in_zoo(setting, row, seed, run_dir)
+
+
+def shared_start(setting: str, seed: int, runs: Path) -> Path:
+    """The folder holding the control's finished ``stage1_last.pt`` for ``seed``: the run folder if present, else
+    the zoo copy (a later sitting on a fresh machine).
+
+    Raises:
+        FileNotFoundError: the control of that seed has not run yet.
+    """
+    st = SETTINGS[setting]
+    for d in (runs / setting / f"seed{seed}" / st.control, ZOO / setting / f"seed{seed}"):
+        if (d / "stage1_last.pt").is_file():
+            return d
+    raise FileNotFoundError(f"{setting} seed {seed}: run the control {st.control!r} first (no stage1_last.pt)")
+
+
+def keep_in_zoo(setting: str, row: str, seed: int, run_dir: Path) -> None:
+    """The control's stage-1 checkpoint (the shared start) and the key rows' final models, each under 5 MB."""
+    st = SETTINGS[setting]
+    dest = ZOO / setting / f"seed{seed}"
+    keep = []
+    if row == st.control:
+        keep.append((run_dir / "stage1_last.pt", dest / "stage1_last.pt"))
+    if row in st.key_rows:
+        keep.append((run_dir / "model.pt", dest / f"{row}.pt"))
+    for src, dst in keep:
+        if src.is_file() and src.stat().st_size <= ZOO_LIMIT_BYTES:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, dst)
+
+
+# ------------------------------------------------------------------------------------------------ tables
+def load_runs(setting: str) -> dict[str, dict[int, dict]]:
+    """``{row: {seed: record}}`` from the committed JSON of ``setting``."""
+    out: dict[str, dict[int, dict]] = {}
+    for row in SETTINGS[setting].rows:
+        for path in sorted((RESULTS / setting).glob(f"{row}_seed*.json")):
+            rec = json.loads(path.read_text())
+            if rec.get("row") == row:
+                out.setdefault(row, {})[int(rec["seed"])] = rec
+    return out
+
+
+def _rank1(rec: dict) -> dict[str, float]:
+    res = rec["result"]
+    return {k: v["rank-1"] for k, v in res["sets"].items()} | {"mean": res["mean"]}
+
+
+def _fmt(x: float | None, nd: int = 1, sign: bool = False) -> str:
+    if x is None:
+        return "-"
+    return f"{x:+.{nd}f}" if sign else f"{x:.{nd}f}"
+
+
+def _drift(rec: dict, fp_res: dict | None) -> dict | None:
+    """The record's ``embedding_drift``, or one computed from its ``embedding_stats`` and the FP model's."""
+    from qgait.evaluation.embedding_stats import embedding_drift
+
+    res = rec["result"]
+    if res.get("embedding_drift"):
+        return res["embedding_drift"]
+    if fp_res and fp_res.get("embedding_stats") and res.get("embedding_stats"):
+        return embedding_drift(res["embedding_stats"], fp_res["embedding_stats"])
+    return None
+
+
+def setting_table(setting: str, fp_res: dict | None, n_boot: int = 2000) -> list[str]:
+    from qgait.evaluation.stats import paired_difference, seed_stats, subject_bootstrap
+
+    fp = ({k: v["rank-1"] for k, v in fp_res["sets"].items()} | {"mean": fp_res["mean"]}) if fp_res else None
+
+    st = SETTINGS[setting]
+    runs = load_runs(setting)
+    lines = [f"## {st.title}", "",
+             f"Schedule: `results/lowbit/configs/{setting}/_schedule.yaml`; control `{st.control}`; rows other than "
+             "the control start stage 2 from the control's stage-1 checkpoint of the same seed.", "",
+             "| row | seeds | NM | BG | CL | mean (+- sd) | vs control: diff +- se | bootstrap 95% CI | "
+             "vs FP [95% CI] | norm ratio (spread) | inter-class ratio |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    if fp is not None:
+        lines.append(f"| FP32 (zoo) | - | {fp['NM']:.1f} | {fp['BG']:.1f} | {fp['CL']:.1f} | {fp['mean']:.1f} "
+                     "| | | | 1 | 1 |")
+    ctrl = runs.get(st.control, {})
+    for row, label in st.rows.items():
+        by_seed = runs.get(row, {})
+        if not by_seed:
+            lines.append(f"| {label} (`{row}`) | 0 | not run yet | | | | | | | | |")
+            continue
+        seeds = sorted(by_seed)
+        r1 = {k: seed_stats([_rank1(by_seed[s])[k] for s in seeds]) for k in SETS}
+        m = r1["mean"]
+        mean_txt = f"{m['mean']:.2f}" + (f" +- {m['std']:.2f}" if m["std"] is not None else "")
+        diff_txt = ci_txt = ""
+        common = [s for s in seeds if s in ctrl]
+        if row != st.control and common:
+            d = paired_difference([_rank1(ctrl[s])["mean"] for s in common], [_rank1(by_seed[s])["mean"] for s in common])
+            diff_txt = _fmt(d["mean"], 2, True) + (f" +- {d['se']:.2f}" if d["se"] is not None else "") + \
+                (" **(> 2 se)**" if d.get("beyond_2se") else "")
+            b = subject_bootstrap([ctrl[s]["result"] for s in common], [by_seed[s]["result"] for s in common],
+                                  n_boot=n_boot)
+            ci_txt = f"[{b['mean']['ci_low']:+.2f}, {b['mean']['ci_high']:+.2f}]"
+        vs_fp = _fmt(m["mean"] - fp["mean"], 2, True) if fp else "-"
+        if fp_res and "per_subject" in fp_res:
+            b = subject_bootstrap([fp_res], [by_seed[s]["result"] for s in seeds], n_boot=n_boot)
+            vs_fp += f" [{b['mean']['ci_low']:+.2f}, {b['mean']['ci_high']:+.2f}]"
+        drift = [d for d in (_drift(by_seed[s], fp_res) for s in seeds) if d]
+        if drift:
+            nr = sum(d["part_norm_ratio_stats"]["mean"] for d in drift) / len(drift)
+            ns = sum(d["part_norm_ratio_stats"]["spread"] for d in drift) / len(drift)
+            ir = sum(d["interclass_ratio_stats"]["mean"] for d in drift) / len(drift)
+            drift_txt = f"{nr:.2f} ({ns:.2f}) | {ir:.2f}"
+        else:
+            drift_txt = "- | -"
+        lines.append(f"| {label} (`{row}`) | {len(seeds)} | {r1['NM']['mean']:.1f} | {r1['BG']['mean']:.1f} | "
+                     f"{r1['CL']['mean']:.1f} | {mean_txt} | {diff_txt} | {ci_txt} | {vs_fp} | {drift_txt} |")
+    lines += ["", "Columns: rank-1 (%) on CASIA-B test subjects 075-124, identical views excluded, mean over seeds "
+              "(sd: sample standard deviation over seeds). *vs control*: the mean over seeds of the per-seed "
+              "difference row - control, +- its standard error (seeds paired: same seed, same stage-1 checkpoint). "
+              "*bootstrap 95% CI*: of the same difference, resampling test subjects (probes of 50 subjects, gallery "
+              "fixed, 2,000 draws, seed 0). *norm ratio*: per-part embedding norm, quantized over FP, mean over parts "
+              "(spread: max / min over parts); *inter-class ratio*: per-part mean inter-class distance, quantized "
+              "over FP, mean over parts. *vs FP*: the row's seed mean minus the FP model's, with its test-subject "
+              "bootstrap 95% CI.", ""]
+    return lines
+
+
+def write_tables(out: Path | None = None) -> Path:
+    """Regenerate ``results/lowbit/README.md`` (or ``out``) from the committed JSON. Returns its path."""
+    fp_res = json.loads(FP_RESULTS.read_text()) if FP_RESULTS.is_file() else None
+    lines = ["# Low-bit accuracy under the fair protocol (issue 13)", "",
+             "Generated by `python scripts/lowbit.py table` from the JSON beside this file; the protocol is in "
+             "docs/lowbit.md. Every row of a table has the same schedule and starts from "
+             "`zoo/gaitbase_casiab_cpu/model.pt`.", ""]
+    for setting in SETTINGS:
+        lines += setting_table(setting, fp_res)
+    out = out or RESULTS / "README.md"
+    out.write_text("\n".join(lines))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run the missing rows (control first), resumable")
+    r.add_argument("--setting", default="w3a3", choices=sorted(SETTINGS))
+    r.add_argument("--seeds", help="comma-separated (default: the setting's seeds)")
+    r.add_argument("--rows", help="comma-separated row names (default: all, in order)")
+    r.add_argument("--runs", type=Path, default=REPO / "runs" / "lowbit")
+    r.add_argument("--from", dest="fp", type=Path, default=FP_CKPT)
+    r.add_argument("--fp-results", type=Path, default=FP_RESULTS)
+    sub.add_parser("table", help="regenerate results/lowbit/README.md from the committed JSON")
+    a = ap.parse_args()
+    if a.cmd == "table":
+        print(write_tables())
+        return 0
+    st = SETTINGS[a.setting]
+    seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else list(st.seeds)
+    rows = a.rows.split(",") if a.rows else list(st.rows)
+    unknown = [x for x in rows if x not in st.rows]
+    if unknown:
+        ap.error(f"unknown rows {unknown}; {a.setting} has {list(st.rows)}")
+    for seed in seeds:
+        for row in rows:
+            _run_one(a.setting, row, seed, a.runs, a.fp, a.fp_results)
+            write_tables()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""Frozen teachers for distillation (GaitKD, arXiv 2604.26255; methods.md 2).
+
+A :class:`Teacher` wraps a trained network and produces the named outputs the distillation terms of
+:mod:`qgait.losses.distill` read: ``{"teacher_embeddings": [n, c, p], "teacher_logits": [n, C, p]}`` (logits only
+when the network has a BNNeck head, i.e. returns ``"logits"``). It is meant as the trainer's ``extra_outputs``
+(:class:`qgait.engine.trainer.Trainer`), which merges them into the student's outputs on the same (augmented)
+batch.
+
+The teacher is never part of the student:
+
+- it is a plain Python object, **not** an ``nn.Module``, so assigning it to a module attribute does not register
+  it: it is absent from the student's ``state_dict`` / ``parameters()`` (no teacher key in a checkpoint, no
+  teacher weights in the optimizer), and ``student.train()`` / ``.to()`` / DDP never reach it (move it with
+  :meth:`Teacher.to`);
+- pickling it (``torch.save`` of an object that holds it) raises ``TypeError``: save ``teacher.net`` on its own
+  if you mean to (``copy.copy`` shares the network, ``copy.deepcopy`` copies it);
+- its parameters have ``requires_grad=False``, it is put back in eval mode before every forward (batch norm uses
+  its running statistics and never updates them; dropout is off), and the forward runs under
+  ``torch.no_grad()``. Not ``torch.inference_mode()``: inference tensors cannot be saved for the student's
+  backward (the KL's backward keeps its target), so they would need a copy.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Teacher", "MultiTeacher"]
+
+
+class Teacher:
+    """A frozen, always-eval teacher network: ``silhouettes -> {f"{prefix}_embeddings", f"{prefix}_logits"}``.
+
+    Args:
+        net: the trained network: a :class:`qgait.models.heads.GaitWithHead` (returns a dict with
+            ``"embeddings"`` and, with a head, ``"logits"``) or a bare inference model returning the embeddings
+            tensor ``[n, c, p]``. It is frozen in place (``eval()``, ``requires_grad_(False)``).
+        prefix: the output-key prefix (``"teacher"``; :class:`MultiTeacher` uses ``"teacher0"``, ...).
+
+    Call: ``teacher(x)`` -> dict of float32 tensors, without gradient; ``teacher.num_classes``,
+    ``teacher.embed_dim``, ``teacher.parts`` describe it where the network tells (else ``None``).
+
+    Raises:
+        TypeError: ``net`` is not an ``nn.Module`` (construction); the network returns neither a tensor nor a dict
+            with ``"embeddings"`` (call); pickling.
+    """
+
+    def __init__(self, net: nn.Module, prefix: str = "teacher") -> None:
+        if not isinstance(net, nn.Module):
+            raise TypeError(f"Teacher needs an nn.Module, got {type(net).__name__}")
+        if not prefix or not isinstance(prefix, str):
+            raise ValueError(f"prefix must be a non-empty string, got {prefix!r}")
+        self.net = net.eval().requires_grad_(False)
+        self.prefix = prefix
+
+    # -------------------------------------------------------------------- what the teacher is
+    @property
+    def training(self) -> bool:
+        """Always False."""
+        return False
+
+    def _inference_model(self) -> nn.Module:
+        return getattr(self.net, "model", self.net)
+
+    @property
+    def embed_dim(self) -> int | None:
+        v = getattr(self._inference_model(), "embed_dim", None)
+        return int(v) if v is not None else None
+
+    @property
+    def parts(self) -> int | None:
+        v = getattr(self._inference_model(), "parts", None)
+        return int(v) if v is not None else None
+
+    @property
+    def num_classes(self) -> int | None:
+        """Classifier classes of the BNNeck head (``head.weight`` ``[p, c, C]``), ``None`` without a head."""
+        head = getattr(self.net, "head", None)
+        w = getattr(head, "weight", None)
+        return int(w.shape[-1]) if isinstance(w, Tensor) and w.dim() == 3 else None
+
+    @property
+    def has_logits(self) -> bool:
+        return self.num_classes is not None
+
+    def parameters(self):
+        """The (frozen) network's parameters."""
+        return self.net.parameters()
+
+    # -------------------------------------------------------------------- mode and device
+    def train(self, mode: bool = True) -> Teacher:  # noqa: ARG002
+        """No-op: the teacher stays in eval mode."""
+        self.net.eval()
+        return self
+
+    def eval(self) -> Teacher:
+        self.net.eval()
+        return self
+
+    def to(self, *args: Any, **kwargs: Any) -> Teacher:
+        """Move / cast the network (``nn.Module.to``); returns the teacher."""
+        self.net.to(*args, **kwargs)
+        return self
+
+    # -------------------------------------------------------------------- forward
+    def __call__(self, x: Tensor) -> dict[str, Tensor]:
+        if self.net.training:
+            self.net.eval()
+        with torch.no_grad():
+            out = self.net(x)
+        if isinstance(out, Tensor):
+            emb, logits = out, None
+        elif isinstance(out, Mapping) and "embeddings" in out:
+            emb, logits = out["embeddings"], out.get("logits")
+        else:
+            raise TypeError(
+                "the teacher network must return embeddings [n, c, p] or a dict with 'embeddings', got "
+                f"{type(out).__name__}" + (f" with keys {sorted(out)}" if isinstance(out, Mapping) else "")
+            )
+        res = {f"{self.prefix}_embeddings": emb.float()}
+        if logits is not None:
+            res[f"{self.prefix}_logits"] = logits.float()
+        return res
+
+    # -------------------------------------------------------------------- never serialised with a student
+    def __reduce_ex__(self, protocol: int):  # noqa: ARG002
+        raise TypeError(
+            "a Teacher is not saved with the student (it would put the teacher's weights in the student's "
+            "checkpoint); save teacher.net explicitly if you mean to"
+        )
+
+    def __copy__(self) -> Teacher:
+        return Teacher(self.net, self.prefix)
+
+    def __deepcopy__(self, memo: dict) -> Teacher:
+        return Teacher(copy.deepcopy(self.net, memo), self.prefix)
+
+    def __repr__(self) -> str:
+        return (f"Teacher(prefix={self.prefix!r}, net={type(self.net).__name__}, embed_dim={self.embed_dim}, "
+                f"parts={self.parts}, num_classes={self.num_classes})")
+
+
+class MultiTeacher:
+    """Several frozen teachers: ``x -> {"teacher0_embeddings", "teacher0_logits", "teacher1_...", ...}``.
+
+    Distillation terms given ``teachers=multi.prefixes`` sum one loss per teacher (GaitKD's multi-teacher path).
+    With ``ensemble=True`` the outputs also hold ``f"{prefix}_logits"`` (``"teacher_logits"``): pseudo-logits
+    whose softened distribution at ``scale`` and ``temperature`` is the mean of the teachers'
+    (:func:`qgait.losses.distill.ensemble_logits`), so a single-teacher :class:`~qgait.losses.distill.PartKLTerm`
+    with the **same** scale and temperature distils the ensemble (equivalently: ``PartKLTerm(multi.prefixes,
+    ensemble=True)``). Teachers with different part counts are pooled to the smallest for the ensemble.
+
+    Args:
+        nets: networks (or :class:`Teacher` objects, whose networks are re-wrapped) in order.
+        ensemble: add the ensemble pseudo-logits (every teacher needs logits over the same classes).
+        scale, temperature: ``gamma`` and ``T`` of the ensemble distribution.
+        prefix: teacher ``i``'s outputs are ``f"{prefix}{i}_*"``; the ensemble's ``f"{prefix}_logits"``.
+
+    Raises:
+        ValueError: no teachers; ``ensemble`` with a teacher without a BNNeck head, or with different class
+            counts (the message names them).
+    """
+
+    def __init__(self, nets: Sequence[nn.Module | Teacher], ensemble: bool = False, scale: float = 16.0,
+                 temperature: float = 4.0, prefix: str = "teacher") -> None:
+        if not nets:
+            raise ValueError("MultiTeacher needs at least one teacher")
+        self.teachers = [Teacher(t.net if isinstance(t, Teacher) else t, f"{prefix}{i}") for i, t in enumerate(nets)]
+        self.ensemble, self.prefix = bool(ensemble), prefix
+        self.scale, self.temperature = float(scale), float(temperature)
+        if self.ensemble:
+            counts = {t.prefix: t.num_classes for t in self.teachers}
+            if any(c is None for c in counts.values()):
+                raise ValueError(f"the ensemble needs every teacher's logits (a BNNeck head); classes: {counts}")
+            if len(set(counts.values())) > 1:
+                raise ValueError(f"the ensemble needs one class count, the teachers have {counts}")
+
+    @property
+    def prefixes(self) -> tuple[str, ...]:
+        return tuple(t.prefix for t in self.teachers)
+
+    def __len__(self) -> int:
+        return len(self.teachers)
+
+    def __iter__(self):
+        return iter(self.teachers)
+
+    def train(self, mode: bool = True) -> MultiTeacher:  # noqa: ARG002
+        for t in self.teachers:
+            t.eval()
+        return self
+
+    def eval(self) -> MultiTeacher:
+        return self.train(False)
+
+    def to(self, *args: Any, **kwargs: Any) -> MultiTeacher:
+        for t in self.teachers:
+            t.to(*args, **kwargs)
+        return self
+
+    def __call__(self, x: Tensor) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        for t in self.teachers:
+            out.update(t(x))
+        if self.ensemble:
+            from ..losses.distill import ensemble_logits  # here: qgait.losses.distill imports this package
+
+            out[f"{self.prefix}_logits"] = ensemble_logits(
+                [out[f"{p}_logits"] for p in self.prefixes], self.scale, self.temperature
+            )
+        return out
+
+    def __reduce_ex__(self, protocol: int):  # noqa: ARG002
+        raise TypeError("a MultiTeacher is not saved with the student; save each teacher.net explicitly")
+
+    def __deepcopy__(self, memo: dict) -> MultiTeacher:
+        return MultiTeacher([copy.deepcopy(t.net, memo) for t in self.teachers], self.ensemble, self.scale,
+                            self.temperature, self.prefix)
+
+    def __repr__(self) -> str:
+        return f"MultiTeacher({self.teachers!r}, ensemble={self.ensemble})"

@@ -1,0 +1,113 @@
+"""The fair protocol of the low-bit study (issue 13, docs/lowbit.md), enforced on its configs and results:
+
+- every trained row of a comparison has the same schedule (iterations, learning rate, milestones and decay of
+  each stage), not just the same total;
+- rows other than the control share the control's stage 1 (same quantizer, calibration and stage-1 losses), so
+  only the stage-2 component differs; rows with a stage-1 component are declared as training their own stage 1;
+- the key rows have at least 3 seeds in the plan;
+- every committed result belongs to a declared row, and the committed table is what ``scripts/lowbit.py table``
+  regenerates from the committed JSON.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from qgait.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "results" / "lowbit" / "configs"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("lowbit_script", REPO / "scripts" / "lowbit.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+LOWBIT = _script()
+SETTINGS = LOWBIT.SETTINGS
+ROWS = [(s, r) for s, st in SETTINGS.items() for r in st.rows]
+
+
+def _schedule(stage) -> tuple:
+    return stage.iterations, stage.lr, tuple(stage.milestones), stage.gamma
+
+
+def _stage1_setup(cfg) -> dict:
+    """Everything that shapes the stage-1 model: quantizer (bar the soft-stage settings), calibration, stage 1,
+    the stage-1 losses, and the data / model / loss / optimizer sections."""
+    q = cfg.quant
+    qc = q.config.model_dump()
+    qc.pop("soft")
+    return {
+        "quant": qc, "calibration_batches": q.calibration_batches, "calib_only": q.calib_only.model_dump(),
+        "stage1": q.stage1.model_dump(),
+        "idc_stage1": q.idc.model_dump() if q.idc is not None and 1 in q.idc.stages and q.idc.weight > 0 else None,
+        "idd_stage1": q.idd.model_dump() if q.idd is not None and 1 in q.idd.stages and q.idd.weight > 0 else None,
+        "data": cfg.data.model_dump(), "model": cfg.model.model_dump(), "loss": cfg.loss.model_dump(),
+        "optim_momentum": (cfg.optim.momentum, cfg.optim.weight_decay), "seed": cfg.train.seed,
+    }
+
+
+def test_every_config_is_a_row_and_every_row_has_a_config():
+    for setting, st in SETTINGS.items():
+        on_disk = {p.stem for p in (CONFIGS / setting).glob("*.yaml") if not p.stem.startswith("_")}
+        assert on_disk == set(st.rows), setting
+        assert st.control in st.rows and set(st.key_rows) <= set(st.rows) and st.own_stage1 <= set(st.rows)
+        assert st.control not in st.own_stage1
+
+
+@pytest.mark.parametrize("setting,row", ROWS)
+def test_same_schedule_as_the_control(setting, row):
+    st = SETTINGS[setting]
+    cfg = load_config(LOWBIT.config_path(setting, row))
+    ctrl = load_config(LOWBIT.config_path(setting, st.control))
+    assert cfg.name == row
+    assert cfg.quant.config.quantizer != "ptq"
+    for a, b in ((cfg.quant.stage1, ctrl.quant.stage1), (cfg.quant.stage2, ctrl.quant.stage2)):
+        assert _schedule(a) == _schedule(b), f"{row}: schedule {_schedule(a)} differs from the control's {_schedule(b)}"
+    assert cfg.quant.calib_only.iterations == ctrl.quant.calib_only.iterations == 0
+    assert cfg.optim.momentum == ctrl.optim.momentum and cfg.optim.weight_decay == ctrl.optim.weight_decay
+    assert cfg.quant.stage1.rounding == "ste"  # stage 1 is LSQ for every row (methods.md 1.4)
+
+
+@pytest.mark.parametrize("setting,row", ROWS)
+def test_shared_start_differs_only_after_stage_1(setting, row):
+    st = SETTINGS[setting]
+    if row == st.control or row in st.own_stage1:
+        return
+    cfg = load_config(LOWBIT.config_path(setting, row))
+    ctrl = load_config(LOWBIT.config_path(setting, st.control))
+    assert _stage1_setup(cfg) == _stage1_setup(ctrl), f"{row} changes stage 1: declare it in own_stage1"
+    # and it does differ from the control somewhere (a row that equals its control measures nothing)
+    assert cfg.quant.model_dump() != ctrl.quant.model_dump()
+
+
+def test_control_is_lsq_with_the_ste_throughout():
+    for setting, st in SETTINGS.items():
+        q = load_config(LOWBIT.config_path(setting, st.control)).quant
+        assert q.config.quantizer == "lsq" and q.stage1.rounding == q.stage2.rounding == "ste"
+        assert q.idc is None and q.idd is None
+
+
+def test_key_rows_plan_three_seeds_and_results_belong_to_rows():
+    for setting, st in SETTINGS.items():
+        assert len(st.seeds) >= 3 and st.key_rows
+        for path in (LOWBIT.RESULTS / setting).glob("*.json"):
+            row, seed = path.stem.rsplit("_seed", 1)
+            assert row in st.rows, f"{path.name}: not a row of {setting}"
+            assert int(seed) >= 0
+
+
+def test_committed_table_is_regenerated_from_the_json(tmp_path):
+    out = LOWBIT.write_tables(tmp_path / "README.md")
+    committed = LOWBIT.RESULTS / "README.md"
+    assert committed.is_file(), "run: python scripts/lowbit.py table"
+    assert out.read_text() == committed.read_text(), "the table is stale: python scripts/lowbit.py table"
