@@ -62,6 +62,10 @@ def write_table(fp: dict) -> None:
              "Rank-1 (%) excluding identical views. All runs start from the same full-precision checkpoint",
              "(`zoo/gaitbase_casiab_cpu/model.pt`) and, except PTQ, train for the same number of iterations.",
              "Regenerate with `python scripts/ablation.py` (configs in `configs/`, run summaries beside this file).", "",
+             "**Superseded for claims about components.** These rows are single runs whose schedules differ (LSQ "
+             "rows 450 iterations at lr 0.01, two-stage rows 300), so they measure schedules as much as methods. "
+             "The fair protocol (one schedule per comparison, a shared stage-1 start, 3 seeds, confidence "
+             "intervals) is in docs/lowbit.md and its tables in results/lowbit/README.md.", "",
              "The stage-1 column is the mean rank-1 of a two-stage run after its LSQ stage (same run, evaluated "
              "between the stages).", "",
              "| method | NM | BG | CL | mean | stage 1 mean | iterations |",
