@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -96,7 +97,9 @@ def _run_one(setting: str, row: str, seed: int, runs: Path, fp: Path, fp_results
         shared = shared_start(setting, seed, runs)
         cmd += ["--stage1-from", str(shared)]
     print("running", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    # passive OpenMP waiting: on a shared 2-core machine libgomp's spin-waiting made evaluation up to 10x slower
+    # (results/bench/eval_cost_*); an explicit setting in the caller's environment wins
+    subprocess.run(cmd, check=True, env={"OMP_WAIT_POLICY": "PASSIVE", **os.environ})
     summary = json.loads((run_dir / "summary.json").read_text())
     final = next(run_dir / f"{k}_results.json" for k in ("final", "stage2", "stage1")
                  if (run_dir / f"{k}_results.json").is_file())

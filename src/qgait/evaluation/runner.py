@@ -23,11 +23,14 @@ def evaluate_on_store(
     device: torch.device | str = "cpu",
     progress: bool = True,
     return_embeddings: bool = False,
+    freeze_quant: bool = True,
 ) -> dict:
     """Embed the test ``subjects``' sequences that the protocol uses and score them.
 
     Returns the :func:`evaluate_cross_view` result (rank-1 in percent per set, view tables, mean), plus
-    ``"embeddings"`` ``[N, c, p]`` and ``"records"`` if ``return_embeddings``.
+    ``"embeddings"`` ``[N, c, p]`` and ``"records"`` if ``return_embeddings``. ``freeze_quant``: see
+    :func:`extract_embeddings` (a quantized ``nn.Module`` is evaluated through the cheaper, bit-identical
+    :func:`qgait.quant.frozen_for_inference` path).
 
     Raises:
         ValueError: unknown protocol, or no sequence of the subjects in the store.
@@ -37,7 +40,8 @@ def evaluate_on_store(
     idx = store.select(subjects=subjects, conditions=sorted(conditions))
     if not idx:
         raise ValueError(f"no sequences of subjects {list(subjects)[:5]}... for protocol {proto.name} in the store")
-    emb = extract_embeddings(model, store, idx, size=size, max_frames=max_frames, device=device, progress=progress)
+    emb = extract_embeddings(model, store, idx, size=size, max_frames=max_frames, device=device, progress=progress,
+                             freeze_quant=freeze_quant)
     recs = [store.records[i] for i in idx]
     result = evaluate_cross_view(
         emb, [r.subject for r in recs], [r.condition for r in recs], [r.view for r in recs], proto, metric=metric

@@ -45,6 +45,7 @@ from .transform import (
     set_rounding_,
     step_parameters,
 )
+from .inference import frozen_for_inference, is_frozen
 
 __all__ = [
     "BitSpec",
@@ -83,4 +84,6 @@ __all__ = [
     "attach_output_quantizer",
     "find_residual_outputs",
     "output_quantizers",
+    "frozen_for_inference",
+    "is_frozen",
 ]

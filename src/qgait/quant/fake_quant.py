@@ -268,7 +268,8 @@ class _LSQFakeQuant(torch.autograd.Function):
         ctx.conf = (q_n, q_p, grad_scale, ch_axis, mode, eps)
         s = step.detach().clamp_min(eps)
         if use_fused and not _soft_fwd(mode) and x.dtype == torch.float32 and s.dtype == torch.float32:
-            # one fused ATen pass: clamp(nearbyint(x * (1/s)), -Q_N, Q_P) * s (same grid, same tie rule)
+            # one fused ATen pass: clamp(nearbyint(x * (1/s)), -Q_N, Q_P) * s: the same grid and tie rule, but x * (1/s)
+            # is not x / s, so inputs within an ulp of a threshold can round differently (quant/inference.py)
             if ch_axis is None:
                 return torch.fake_quantize_per_tensor_affine(
                     x, s.reshape(()), torch.zeros((), dtype=torch.int32, device=x.device), -q_n, q_p
