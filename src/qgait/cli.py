@@ -59,7 +59,18 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
         fp_results = rank1_row(res)
         fp_stats = res.get("embedding_stats")
     run_quantize(cfg, getattr(a, "from"), out, progress=not a.quiet, fp_results=fp_results,
-                 stage1_from=a.stage1_from, fp_embedding_stats=fp_stats if a.fp_results else None)
+                 stage1_from=a.stage1_from, fp_embedding_stats=fp_stats if a.fp_results else None,
+                 teachers=a.teachers or None)
+    return 0
+
+
+def _cmd_distill(a: argparse.Namespace) -> int:
+    from .config import load_config
+    from .workflows.distill import run_distill
+
+    cfg = load_config(a.config, a.overrides)
+    out = a.output_dir or Path("runs") / cfg.name
+    run_distill(cfg, a.teachers, out, progress=not a.quiet, resume=not a.restart, evaluate=not a.no_eval)
     return 0
 
 
@@ -132,7 +143,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage1-from", type=Path, metavar="RUN_DIR",
                    help="reuse the finished stage 1 of this run folder (same stage-1 settings) and train only "
                    "stage 2: compare stage-2 variants from one stage-1 model")
+    p.add_argument("--teacher", dest="teachers", action="append", default=[], type=Path, metavar="CKPT",
+                   help="also distil from this teacher (a run's model.pt or last.pt; repeatable): the config's "
+                   "distill terms (default: GaitKD's KL + AB) join each QAT stage's loss next to IDC / IDD")
     p.set_defaults(func=_cmd_quantize)
+
+    p = sub.add_parser("distill", help="GaitKD: train a student with distillation from frozen teachers",
+                       description="Train the config's model as `qgait train` does (resumable, evaluated at the "
+                       "end) with knowledge distillation from the --teacher checkpoints (GaitKD, arXiv "
+                       "2604.26255): the config's distill section (default: part-wise KL weight 1, T 4, and the "
+                       "activation-boundary loss weight 0.003) is added to the triplet and cross-entropy losses. "
+                       "A teacher may have another width, embedding size or part count (a training-only "
+                       "connector maps the student's embeddings; model.pt holds the student only) but needs the "
+                       "student's input size and, for the logit terms, a BNNeck head over the same training "
+                       "subjects; a teacher that does not fit is refused before training.")
+    _add_config_args(p)
+    p.add_argument("--teacher", dest="teachers", action="append", required=True, type=Path, metavar="CKPT",
+                   help="teacher checkpoint: a run's model.pt (with its head) or last.pt (repeatable: several "
+                   "teachers; distill.ensemble averages their distributions)")
+    p.add_argument("--output-dir", type=Path, help="run folder (default: runs/<config name>)")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start from scratch")
+    p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
+    p.set_defaults(func=_cmd_distill)
 
     p = sub.add_parser("data", help="import, pretreat and inspect silhouette data")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")

@@ -157,6 +157,56 @@ class QuantExperimentConfig(_Strict):
     evaluate_stage1: bool = Field(True, description="evaluate the stage-1 model of a two-stage run (test set)")
 
 
+class KLDistillConfig(_Strict):
+    """GaitKD's decision-level term: part-wise KL between the softened BNNeck logits of a teacher and of the
+    student (:func:`qgait.losses.distill.part_kl_loss`), optionally with knowledge-adjusted teacher targets."""
+
+    weight: float = Field(1.0, ge=0, description="weight of the part-wise KL; 0 disables it")
+    temperature: float = Field(4.0, gt=0, description="T; the loss is multiplied by T^2")
+    calibration: Literal["none", "ka_ps", "ka_lsr"] = Field(
+        "none", description="teacher targets where the teacher is wrong: none, KA-PS (swap) or KA-LSR (smooth)")
+    epsilon: float = Field(0.1, ge=0, lt=1, description="KA-LSR smoothing")
+
+
+class ABDistillConfig(_Strict):
+    """GaitKD's boundary-level term: activation-boundary loss (Heo et al., AAAI 2019) on the part embeddings."""
+
+    weight: float = Field(0.003, ge=0, description="weight of the AB loss (per teacher); 0 disables it")
+    margin: float = Field(1.0, ge=0, description="m")
+
+
+class GlobalKDConfig(_Strict):
+    """Plain-KD baseline (Hinton et al., 2015) on the part-averaged logits; off by default."""
+
+    weight: float = Field(0.0, ge=0, description="0 disables it")
+    temperature: float = Field(4.0, gt=0)
+
+
+class FeatureMSEConfig(_Strict):
+    """Feature-regression baseline (MSE between student and teacher embeddings); off by default."""
+
+    weight: float = Field(0.0, ge=0, description="0 disables it")
+
+
+class DistillConfig(_Strict):
+    """Knowledge distillation from frozen teachers (issue 14; GaitKD, arXiv 2604.26255, methods.md 2).
+
+    The teachers are checkpoints given on the command line (``qgait distill --teacher CKPT``, also
+    ``qgait quantize --teacher CKPT``), not in the config. The defaults are GaitKD's reference configuration: the
+    task losses (triplet 1, CE 1, from ``loss``) plus the part-wise KL (weight 1, T = 4) and the AB loss (weight
+    0.003, margin 1); the global-KD and feature-MSE baselines are off. Each term's weight 0 turns it off.
+    """
+
+    ensemble: bool = Field(False, description="several teachers: distil the mean of their softened "
+                           "distributions (one KL) instead of summing one KL per teacher")
+    part_align: Literal["pool", "truncate"] = Field(
+        "pool", description="parts aligned to min(p_s, p_t) by average pooling or truncation")
+    kl: KLDistillConfig = KLDistillConfig()
+    ab: ABDistillConfig = ABDistillConfig()
+    global_kd: GlobalKDConfig = GlobalKDConfig()
+    feature_mse: FeatureMSEConfig = FeatureMSEConfig()
+
+
 class ExperimentConfig(_Strict):
     """A full experiment: data, model, losses, optimizer, training loop and evaluation."""
 
@@ -168,6 +218,8 @@ class ExperimentConfig(_Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     quant: QuantExperimentConfig | None = Field(None, description="quantization stages (see qgait quantize)")
+    distill: DistillConfig | None = Field(
+        None, description="distillation from teachers given with --teacher (qgait distill, qgait quantize)")
 
     @field_validator("name")
     @classmethod

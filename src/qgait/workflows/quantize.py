@@ -36,6 +36,7 @@ from ..losses.idd import IDDTerm
 from ..models import GaitWithHead
 from ..quant import alpha_at, calibrate_, quant_summary, quantize_, set_alpha_, set_rounding_, step_parameters
 from .common import build_losses, build_network, evaluate_with_stats, log, prepare_run
+from .distill import KD_TERMS, combine_outputs, load_teachers, prepare_distillation
 from .train import make_train_batches
 
 
@@ -75,9 +76,12 @@ class FrozenTeacher(nn.Module):
         return {"fp_embeddings": self.model(x).float()}
 
 
-def _losses(cfg: ExperimentConfig, stage: int, has_head: bool, idc_only: bool = False) -> tuple[LossSum, bool]:
+def _losses(cfg: ExperimentConfig, stage: int, has_head: bool, idc_only: bool = False,
+            kd_terms: dict | None = None) -> tuple[LossSum, bool]:
     """The stage's loss: the task losses (triplet, CE) plus IDC and IDD against the frozen FP model where the
-    config enables them for ``stage``; ``idc_only``: IDC alone. Returns the sum and whether IDC is in it."""
+    config enables them for ``stage``, plus the distillation terms ``kd_terms`` (``{name: (module, weight)}``,
+    :func:`qgait.workflows.distill.build_distill_terms`; not in the IDC-only phase); ``idc_only``: IDC alone.
+    Returns the sum and whether IDC is in it."""
     q = cfg.quant
     use_idc = q.idc is not None and q.idc.weight > 0 and (idc_only or stage in q.idc.stages)
     use_idd = q.idd is not None and q.idd.weight > 0 and stage in q.idd.stages and not idc_only
@@ -93,12 +97,14 @@ def _losses(cfg: ExperimentConfig, stage: int, has_head: bool, idc_only: bool = 
         terms["idc"] = (IDCTerm(i.pairs, i.normalize, i.loss, i.huber_delta), i.weight)
     if use_idd:
         terms["idd"] = (IDDTerm(q.idd.temperature, q.idd.per_part), q.idd.weight)
+    if kd_terms and not idc_only:
+        terms.update(kd_terms)
     return LossSum(terms), use_idc
 
 
 def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str | Path, progress: bool = True,
                  fp_results: dict | None = None, stage1_from: str | Path | None = None,
-                 fp_embedding_stats: dict | None = None) -> dict:
+                 fp_embedding_stats: dict | None = None, teachers: list[str | Path] | None = None) -> dict:
     """QGait from ``fp_checkpoint`` into ``out_dir``; returns ``{stage: {NM, BG, CL, mean}}`` and timings.
 
     Every evaluation's JSON carries the embedding-space diagnostics (issue 13): ``embedding_stats`` (per-part
@@ -111,9 +117,14 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
             added once the FP model has been evaluated (only when ``fp_results`` is not given).
         stage1_from: a finished run folder whose stage 1 (``stage1_last.pt``, ``stage1_results.json``) this run
             reuses (see :func:`reuse_stage1`), so that stage-2 variants start from one stage-1 model.
+        teachers: distillation teachers (checkpoints, :func:`qgait.workflows.distill.load_teacher`; issue 14):
+            the config's ``distill`` terms (its defaults without the section: GaitKD's KL + AB) are added to each
+            QAT stage's loss next to IDC / IDD (QAT and GaitKD in one pass). Checked before any training; width
+            connectors are trained with the stage and kept in the stage checkpoints, not in ``model.pt``.
 
     Raises:
-        ValueError: the config has no ``quant`` section, or ``stage1_from``'s stage 1 is unfinished.
+        ValueError: the config has no ``quant`` section, ``stage1_from``'s stage 1 is unfinished, or a teacher is
+            refused (:func:`qgait.workflows.distill.check_teacher`).
         CheckpointError: the FP checkpoint cannot be loaded into the config's model, or ``stage1_from`` has no
             readable ``stage1_last.pt``.
     """
@@ -121,6 +132,7 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
         raise ValueError(f"config {cfg.name!r} has no quant section")
     q = cfg.quant
     out_dir = Path(out_dir)
+    kd_teachers = load_teachers(teachers) if teachers else []
     if stage1_from is not None:
         reuse_stage1(stage1_from, out_dir, q.stage1.iterations)
     ctx, store, split = prepare_run(cfg, out_dir, progress)
@@ -132,8 +144,12 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
         calib = [batches.get(10**6 + i)[0].to(ctx.device) for i in range(q.calibration_batches)]
         calibrate_(net.model, calib)
         del calib
+        train_net, kd_terms, kd_fn = net, {}, None
+        if kd_teachers:
+            train_net, kd_terms, kd_fn = prepare_distillation(cfg, kd_teachers, net, ctx.device)
         summary: dict = {
             "name": cfg.name, "fp_checkpoint": str(fp_checkpoint), "stages": {}, "seconds": {},
+            **({"teachers": [str(t) for t in teachers]} if kd_teachers else {}),
             "bits": f"W{q.config.weight_bits}A{q.config.act_bits}", "quantizer": q.config.quantizer,
             "iterations": 0 if q.config.quantizer == "ptq"
             else q.calib_only.iterations + q.stage1.iterations + q.stage2.iterations,
@@ -169,10 +185,12 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
 
         def trainer(stage_name: str, loss_fn, params, iterations: int, lr_fn, hooks=(), train_mode_fn=None):
             opt = torch.optim.SGD(params, lr=lr_fn(0), momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
+            extra = combine_outputs(teacher if {"idc", "idd"} & set(loss_fn.terms) else None,
+                                    kd_fn if set(KD_TERMS) & set(loss_fn.terms) else None)
             return Trainer(
-                net, loss_fn, batches, opt, lr_fn, iterations, out_dir, ctx,
+                train_net, loss_fn, batches, opt, lr_fn, iterations, out_dir, ctx,
                 log_every=cfg.train.log_every, save_every=cfg.train.save_every, amp=cfg.train.amp,
-                extra_outputs=teacher if {"idc", "idd"} & set(loss_fn.terms) else None, hooks=hooks,
+                extra_outputs=extra, hooks=hooks,
                 train_mode_fn=train_mode_fn, checkpoint_name=f"{stage_name}_last.pt",
                 config=dump_config(cfg), progress=progress, tag=stage_name,
             )
@@ -197,7 +215,7 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
         for idx, st in ((1, q.stage1), (2, q.stage2)):
             if not st.iterations or ptq:
                 continue
-            run_stage(idx, st, cfg, net, trainer, summary)
+            run_stage(idx, st, cfg, train_net, trainer, summary, kd_terms)
             if ctx.is_main:
                 intermediate = idx == 1 and q.stage2.iterations
                 save_model("stage1_model.pt" if intermediate else "model.pt")
@@ -271,8 +289,11 @@ def reuse_stage1(src_dir: str | Path, out_dir: str | Path, iterations: int) -> N
     save_atomic(ckpt, out_dir / "stage1_last.pt")
 
 
-def run_stage(idx: int, st: StageConfig, cfg: ExperimentConfig, net: GaitWithHead, trainer, summary: dict) -> None:
-    """Train stage ``idx`` (1: LSQ + STE, 2: soft quantizer) with its rounding, lr schedule and alpha schedule."""
+def run_stage(idx: int, st: StageConfig, cfg: ExperimentConfig, net: GaitWithHead, trainer, summary: dict,
+              kd_terms: dict | None = None) -> None:
+    """Train stage ``idx`` (1: LSQ + STE, 2: soft quantizer) with its rounding, lr schedule and alpha schedule;
+    ``net`` is the trained network (a :class:`~qgait.workflows.distill.DistillNetwork` with teachers),
+    ``kd_terms`` the distillation terms added to the stage's loss."""
     q = cfg.quant
     keep_outputs_ste = st.rounding != "ste" and q.config.soft.outputs == "ste"  # SoftQuantConfig.outputs
     soft = q.config.soft
@@ -284,10 +305,12 @@ def run_stage(idx: int, st: StageConfig, cfg: ExperimentConfig, net: GaitWithHea
             set_alpha_(net.model, alpha_at(q.config.soft, it / max(1, n - 1)))
 
         hooks.append(anneal)
-    loss_fn, use_idc = _losses(cfg, idx, net.head is not None)
+    loss_fn, use_idc = _losses(cfg, idx, net.head is not None, kd_terms=kd_terms)
     t0 = time.perf_counter()
     trainer(f"stage{idx}", loss_fn, net.parameters(), st.iterations,
             lambda it: lr_at(it, st.lr, st.milestones, st.gamma), hooks=hooks).fit()
     summary["seconds"][f"stage{idx}"] = round(time.perf_counter() - t0, 1)
     summary.setdefault("idc", {})[f"stage{idx}"] = use_idc
     summary.setdefault("idd", {})[f"stage{idx}"] = "idd" in loss_fn.terms
+    if kd_terms:
+        summary.setdefault("kd", {})[f"stage{idx}"] = sorted(set(KD_TERMS) & set(loss_fn.terms))

@@ -50,6 +50,23 @@ def run_train(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = True, p
 
     Returns a summary dict: wall time, iterations, and the evaluation result (rank-1 per set, mean).
     """
+    return train_model(cfg, out_dir, resume=resume, progress=progress, evaluate=evaluate)
+
+
+def train_model(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = True, progress: bool = True,
+                evaluate: bool = True, setup=None, tag: str = "train", label: str = "FP32",
+                extra_meta: dict | None = None) -> dict:
+    """:func:`run_train`'s loop with a hook for variants (distillation, :mod:`qgait.workflows.distill`).
+
+    Args:
+        setup: ``(net, loss_fn, num_classes, ctx) -> (train_net, loss_fn, extra_outputs)``, called once the
+            student and its losses are built (on the device) and before the optimizer: ``train_net`` is what the
+            trainer optimises and checkpoints (it must expose the student's ``.model`` and ``.head``, which alone
+            are saved in ``model.pt``); ``extra_outputs`` is the trainer's (e.g. a frozen teacher).
+        tag: the trainer's tag (log ``stage``, TensorBoard prefix).
+        label: the evaluated model's label (``"<name> (<label>)"``).
+        extra_meta: added to ``model.pt`` and the summary (JSON-able: strings, numbers, lists).
+    """
     out_dir = Path(out_dir)
     ctx, store, split = prepare_run(cfg, out_dir, progress)
     try:
@@ -58,6 +75,9 @@ def run_train(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = True, p
         if cfg.train.channels_last:
             net = net.to(memory_format=torch.channels_last)
         loss_fn = build_losses(cfg.loss, net.head is not None)
+        extra_outputs = None
+        if setup is not None:
+            net, loss_fn, extra_outputs = setup(net, loss_fn, batches.num_classes, ctx)
         opt = build_optimizer(net.parameters(), cfg.optim)
         o = cfg.optim
         trainer = Trainer(
@@ -65,22 +85,22 @@ def run_train(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = True, p
             functools.partial(lr_at, base_lr=o.lr, milestones=o.milestones, gamma=o.gamma, warmup=o.warmup_iterations),
             cfg.train.iterations, out_dir, ctx,
             log_every=cfg.train.log_every, save_every=cfg.train.save_every, eval_every=cfg.train.eval_every,
-            amp=cfg.train.amp, compile=cfg.train.compile,
+            amp=cfg.train.amp, compile=cfg.train.compile, extra_outputs=extra_outputs,
             evaluate_fn=periodic_evaluator(cfg, store, split.test_subjects, ctx, progress),
-            config=dump_config(cfg), progress=progress, tag="train",
+            config=dump_config(cfg), progress=progress, tag=tag,
         )
         t0 = time.perf_counter()
         start = trainer.iteration
         evals = trainer.fit(resume=resume)
         wall = time.perf_counter() - t0
         summary: dict = {"name": cfg.name, "iterations": cfg.train.iterations, "resumed_from": start,
-                         "train_seconds_this_run": round(wall, 1), "periodic_eval": evals}
+                         "train_seconds_this_run": round(wall, 1), "periodic_eval": evals, **(extra_meta or {})}
         if not ctx.is_main:
             return summary
         model_path = save_inference_model(
             out_dir / "model.pt", net.model, cfg.model.name, cfg.model.args, tuple(cfg.data.input_size),
             extra={"num_classes": batches.num_classes, "experiment": cfg.name,
-                   "head_state_dict": net.head.state_dict() if net.head is not None else None},
+                   "head_state_dict": net.head.state_dict() if net.head is not None else None, **(extra_meta or {})},
         )
         summary["model"] = str(model_path)
         if evaluate:
@@ -91,7 +111,7 @@ def run_train(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = True, p
                 cfg.eval.metric, cfg.data.test_max_frames, ctx.device, progress,
             )
             res["eval_seconds"] = round(time.perf_counter() - t1, 1)
-            res["model"] = f"{cfg.name} (FP32)"
+            res["model"] = f"{cfg.name} ({label})"
             write_results(res, out_dir, "results")
             summary["eval"] = rank1_row(res)
             print(format_cross_view(res))
