@@ -70,6 +70,18 @@ SETTINGS: dict[str, Setting] = {
         },
         key_rows=("lsq",),
     ),
+    "w4a4": Setting(
+        title="W4A4 (an easy setting)",
+        control="lsq",
+        rows={"lsq": "LSQ (STE), the control"},
+        key_rows=("lsq",),
+    ),
+    "w8a8": Setting(
+        title="W8A8 (an easy setting)",
+        control="lsq",
+        rows={"lsq": "LSQ (STE), the control"},
+        key_rows=("lsq",),
+    ),
 }
 
 
@@ -145,6 +157,39 @@ def keep_in_zoo(setting: str, row: str, seed: int, run_dir: Path) -> None:
         if src.is_file() and src.stat().st_size <= ZOO_LIMIT_BYTES:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, dst)
+
+
+def run_ptq(bits: str, runs: Path, fp: Path, fp_results: Path) -> Path:
+    """The PTQ probe of one bit pair (``results/lowbit/configs/ptq_<bits>.yaml``: MSE-calibrated steps, no
+    training) into ``results/lowbit/ptq_<bits>.json``; skipped when that file exists. Returns its path.
+
+    Raises:
+        FileNotFoundError: no probe config for ``bits``.
+    """
+    from qgait.evaluation.report import dumps_results
+
+    cfg = CONFIGS / f"ptq_{bits}.yaml"
+    if not cfg.is_file():
+        raise FileNotFoundError(f"{cfg}: no PTQ probe config for {bits!r}")
+    out = RESULTS / f"ptq_{bits}.json"
+    if out.is_file():
+        return out
+    run_dir = runs / f"ptq_{bits}"
+    cmd = [sys.executable, "-m", "qgait.cli", "quantize", str(cfg), "--from", str(fp), "--output-dir", str(run_dir),
+           "--quiet", "--fp-results", str(fp_results)]
+    print("running", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, env={"OMP_WAIT_POLICY": "PASSIVE", **os.environ})
+    final = next(run_dir / f"{k}_results.json" for k in ("final", "stage2", "stage1", "calib")
+                 if (run_dir / f"{k}_results.json").is_file())
+    rel = lambda q: str(Path(q).resolve().relative_to(REPO)) if Path(q).resolve().is_relative_to(REPO) else str(q)  # noqa: E731
+    record = {"row": f"ptq_{bits}",
+              "command": f"qgait quantize {rel(cfg)} --from {rel(fp)} --fp-results {rel(fp_results)}",
+              "summary": json.loads((run_dir / "summary.json").read_text()),
+              "result": json.loads(final.read_text())}
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(dumps_results(record, indent=1) + "\n")
+    tmp.replace(out)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -267,9 +312,17 @@ def main() -> int:
     r.add_argument("--from", dest="fp", type=Path, default=FP_CKPT)
     r.add_argument("--fp-results", type=Path, default=FP_RESULTS)
     sub.add_parser("table", help="regenerate results/lowbit/README.md from the committed JSON")
+    q = sub.add_parser("ptq", help="a PTQ probe (no training) of one bit pair: results/lowbit/ptq_<bits>.json")
+    q.add_argument("bits", help="e.g. w4a4 (needs results/lowbit/configs/ptq_<bits>.yaml)")
+    q.add_argument("--runs", type=Path, default=REPO / "runs" / "lowbit")
+    q.add_argument("--from", dest="fp", type=Path, default=FP_CKPT)
+    q.add_argument("--fp-results", type=Path, default=FP_RESULTS)
     a = ap.parse_args()
     if a.cmd == "table":
         print(write_tables())
+        return 0
+    if a.cmd == "ptq":
+        print(run_ptq(a.bits, a.runs, a.fp, a.fp_results))
         return 0
     st = SETTINGS[a.setting]
     seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else list(st.seeds)
