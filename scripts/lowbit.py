@@ -31,7 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results" / "lowbit"
 CONFIGS = RESULTS / "configs"
 ZOO = REPO / "zoo" / "lowbit"
-FP_CKPT = REPO / "zoo" / "gaitbase_casiab_cpu" / "model.pt"
+FP_REL = "zoo/gaitbase_casiab_cpu/model.pt"
+FP_CKPT = REPO / FP_REL
 FP_RESULTS = REPO / "zoo" / "gaitbase_casiab_cpu" / "results.json"
 ZOO_LIMIT_BYTES = 5 * 2**20
 SETS = ("NM", "BG", "CL", "mean")
@@ -49,6 +50,7 @@ class Setting:
     seeds: tuple[int, ...] = (0, 1, 2)
     key_rows: tuple[str, ...] = ()
     own_stage1: frozenset[str] = field(default_factory=frozenset)
+    teachers: dict[str, tuple[str, ...]] = field(default_factory=dict)  # row -> checkpoints (repo-relative)
 
 
 SETTINGS: dict[str, Setting] = {
@@ -67,8 +69,13 @@ SETTINGS: dict[str, Setting] = {
             "soft_dsq_acts": "soft on activations only, alpha 1 -> 3, LSQ step gradient",
             "soft_dsq_weights": "soft on weights only, alpha 1 -> 3, LSQ step gradient",
             "idc_part": "IDC per-part normalised, weight 1 (methods.md 1.5), stage 2",
+            "kd_s2": "GaitKD from the FP model (part KL T 4 + AB), stage 2",
+            "kd_both": "GaitKD from the FP model (part KL T 4 + AB), both stages",
+            "idd_both_w300": "IDD weight 300, both stages",
         },
         key_rows=("lsq",),
+        own_stage1=frozenset({"kd_both", "idd_both_w300"}),
+        teachers={"kd_s2": (FP_REL,), "kd_both": (FP_REL,)},
     ),
     "w4a4": Setting(
         title="W4A4 (an easy setting)",
@@ -104,6 +111,9 @@ def _run_one(setting: str, row: str, seed: int, runs: Path, fp: Path, fp_results
     run_dir = runs / setting / f"seed{seed}" / row
     cmd = [sys.executable, "-m", "qgait.cli", "quantize", str(config_path(setting, row)), "--from", str(fp),
            "--output-dir", str(run_dir), "--quiet", "--fp-results", str(fp_results), "--set", f"train.seed={seed}"]
+    teachers = [REPO / t for t in st.teachers.get(row, ())]
+    for t in teachers:
+        cmd += ["--teacher", str(t)]
     shared = None
     if row != st.control and row not in st.own_stage1:
         shared = shared_start(setting, seed, runs)
@@ -120,7 +130,8 @@ def _run_one(setting: str, row: str, seed: int, runs: Path, fp: Path, fp_results
     record = {
         "setting": setting, "row": row, "seed": seed,
         "command": (f"qgait quantize {rel(config_path(setting, row))} --from {rel(fp)} --fp-results {rel(fp_results)}"
-                    f" --set train.seed={seed}" + (f" --stage1-from {rel(shared)}" if shared else "")),
+                    f" --set train.seed={seed}" + "".join(f" --teacher {rel(t)}" for t in teachers)
+                    + (f" --stage1-from {rel(shared)}" if shared else "")),
         "summary": summary, "result": result,
     }
     out.parent.mkdir(parents=True, exist_ok=True)

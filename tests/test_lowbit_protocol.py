@@ -87,7 +87,18 @@ def test_shared_start_differs_only_after_stage_1(setting, row):
     ctrl = load_config(LOWBIT.config_path(setting, st.control))
     assert _stage1_setup(cfg) == _stage1_setup(ctrl), f"{row} changes stage 1: declare it in own_stage1"
     # and it does differ from the control somewhere (a row that equals its control measures nothing)
-    assert cfg.quant.model_dump() != ctrl.quant.model_dump()
+    assert (cfg.quant.model_dump(), cfg.distill, st.teachers.get(row)) != \
+        (ctrl.quant.model_dump(), ctrl.distill, st.teachers.get(st.control))
+
+
+@pytest.mark.parametrize("setting,row", ROWS)
+def test_distillation_rows_have_teachers_and_only_they(setting, row):
+    st = SETTINGS[setting]
+    cfg = load_config(LOWBIT.config_path(setting, row))
+    teachers = st.teachers.get(row, ())
+    assert (cfg.distill is not None) == bool(teachers), f"{row}: a distill section needs teachers and vice versa"
+    for t in teachers:
+        assert (REPO / t).is_file(), f"{row}: teacher {t} is not in the repository"
 
 
 def test_control_is_lsq_with_the_ste_throughout():
@@ -95,6 +106,7 @@ def test_control_is_lsq_with_the_ste_throughout():
         q = load_config(LOWBIT.config_path(setting, st.control)).quant
         assert q.config.quantizer == "lsq" and q.stage1.rounding == q.stage2.rounding == "ste"
         assert q.idc is None and q.idd is None
+        assert load_config(LOWBIT.config_path(setting, st.control)).distill is None and not st.teachers.get(st.control)
 
 
 def test_key_rows_plan_three_seeds_and_results_belong_to_rows():
