@@ -26,7 +26,8 @@ import torch
 from ..data.transforms import to_model_input
 from ..evaluation.distance import part_distance
 
-__all__ = ["ModelLoadError", "GaitEmbedder", "Gallery", "identify", "identify_many", "default_providers"]
+__all__ = ["ModelLoadError", "GaitEmbedder", "prepare_silhouettes", "Gallery", "identify", "identify_many",
+           "default_providers"]
 
 
 class ModelLoadError(ValueError):
@@ -42,6 +43,59 @@ def default_providers() -> list[str]:
 
 
 _FLOAT_TYPES = {"tensor(float)": np.float32}
+
+
+def prepare_silhouettes(silhouettes: Any, input_size: tuple[int, int]) -> np.ndarray:
+    """Model input ``float32 [n, T, h, w]`` at ``input_size`` ``(h, w)`` from raw frames or float silhouettes.
+
+    Accepted: uint8 ``[T, 64, 64]`` / ``[T, 64, 44]`` (or with a leading batch ``n``) raw stored frames,
+    converted exactly as in training (``qgait.data.transforms.to_model_input``: /255, cut 64 -> 44, resize
+    to the model's input size); float ``[T, h, w]`` / ``[n, T, h, w]`` silhouettes in [0, 1] at the model's
+    input size (bool is read as 0/1). numpy arrays or torch tensors.
+
+    Raises:
+        ValueError: wrong rank or frame size, empty sequence, unsupported dtype, float values outside [0, 1]
+            or not finite (the message names the problem and what is expected).
+    """
+    if isinstance(silhouettes, np.ndarray):
+        if silhouettes.dtype == object:
+            raise ValueError("silhouettes: dtype object is not a numeric array")
+        arr = np.ascontiguousarray(silhouettes)
+        x = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+    elif isinstance(silhouettes, torch.Tensor):
+        x = silhouettes.detach().cpu()
+    else:
+        raise ValueError(f"silhouettes must be a numpy array or torch tensor, got {type(silhouettes).__name__}")
+    h, w = (int(v) for v in input_size)
+    if x.ndim not in (3, 4):
+        raise ValueError(f"silhouettes must be [T, H, W] or [n, T, H, W], got shape {tuple(x.shape)}")
+    if any(s == 0 for s in x.shape):
+        raise ValueError(f"silhouettes is empty: shape {tuple(x.shape)}")
+    if x.dtype == torch.uint8:
+        fh, fw = x.shape[-2:]
+        if fh != 64 or fw not in (64, 44):
+            raise ValueError(f"raw uint8 frames must be 64x64 or 64x44 (OpenGait format), got {fh}x{fw} "
+                             f"(shape {tuple(x.shape)})")
+        x = to_model_input(x, (h, w))
+    elif x.dtype == torch.bool or x.is_floating_point():
+        if tuple(x.shape[-2:]) != (h, w):
+            raise ValueError(f"float silhouettes must have frames of the model input size {h}x{w}, got "
+                             f"{x.shape[-2]}x{x.shape[-1]} (shape {tuple(x.shape)}); pass raw uint8 frames to "
+                             "have them cut and resized")
+        x = x.to(torch.float32)
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("silhouettes contain NaN or infinite values")
+        lo, hi = float(x.min()), float(x.max())
+        if lo < -1e-6 or hi > 1 + 1e-6:
+            raise ValueError(f"float silhouettes must be in [0, 1], got values in [{lo:g}, {hi:g}] (raw frames "
+                             "are uint8 0..255)")
+    else:
+        dt = str(x.dtype).replace("torch.", "")
+        raise ValueError(f"unsupported silhouette dtype {dt}: pass uint8 frames (0..255) or float "
+                         "silhouettes in [0, 1]")
+    if x.ndim == 3:
+        x = x.unsqueeze(0)
+    return np.ascontiguousarray(x.numpy(), dtype=np.float32)
 
 
 class GaitEmbedder:
@@ -118,56 +172,13 @@ class GaitEmbedder:
 
     # ------------------------------------------------------------------ input handling
     def prepare(self, silhouettes: Any) -> np.ndarray:
-        """Model input ``float32 [n, T, h, w]`` from raw frames or float silhouettes.
-
-        Accepted: uint8 ``[T, 64, 64]`` / ``[T, 64, 44]`` (or with a leading batch ``n``) raw stored frames,
-        converted exactly as in training (``qgait.data.transforms.to_model_input``: /255, cut 64 -> 44, resize
-        to the model's input size); float ``[T, h, w]`` / ``[n, T, h, w]`` silhouettes in [0, 1] at the model's
-        input size (bool is read as 0/1). numpy arrays or torch tensors.
+        """Model input ``float32 [n, T, h, w]`` from raw frames or float silhouettes
+        (:func:`prepare_silhouettes` at this model's input size).
 
         Raises:
-            ValueError: wrong rank or frame size, empty sequence, unsupported dtype, float values outside [0, 1]
-                or not finite (the message names the problem and what is expected).
+            ValueError: see :func:`prepare_silhouettes`.
         """
-        if isinstance(silhouettes, np.ndarray):
-            if silhouettes.dtype == object:
-                raise ValueError("silhouettes: dtype object is not a numeric array")
-            arr = np.ascontiguousarray(silhouettes)
-            x = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
-        elif isinstance(silhouettes, torch.Tensor):
-            x = silhouettes.detach().cpu()
-        else:
-            raise ValueError(f"silhouettes must be a numpy array or torch tensor, got {type(silhouettes).__name__}")
-        h, w = self.input_size
-        if x.ndim not in (3, 4):
-            raise ValueError(f"silhouettes must be [T, H, W] or [n, T, H, W], got shape {tuple(x.shape)}")
-        if any(s == 0 for s in x.shape):
-            raise ValueError(f"silhouettes is empty: shape {tuple(x.shape)}")
-        if x.dtype == torch.uint8:
-            fh, fw = x.shape[-2:]
-            if fh != 64 or fw not in (64, 44):
-                raise ValueError(f"raw uint8 frames must be 64x64 or 64x44 (OpenGait format), got {fh}x{fw} "
-                                 f"(shape {tuple(x.shape)})")
-            x = to_model_input(x, (h, w))
-        elif x.dtype == torch.bool or x.is_floating_point():
-            if tuple(x.shape[-2:]) != (h, w):
-                raise ValueError(f"float silhouettes must have frames of the model input size {h}x{w}, got "
-                                 f"{x.shape[-2]}x{x.shape[-1]} (shape {tuple(x.shape)}); pass raw uint8 frames to "
-                                 "have them cut and resized")
-            x = x.to(torch.float32)
-            if not bool(torch.isfinite(x).all()):
-                raise ValueError("silhouettes contain NaN or infinite values")
-            lo, hi = float(x.min()), float(x.max())
-            if lo < -1e-6 or hi > 1 + 1e-6:
-                raise ValueError(f"float silhouettes must be in [0, 1], got values in [{lo:g}, {hi:g}] (raw frames "
-                                 "are uint8 0..255)")
-        else:
-            dt = str(x.dtype).replace("torch.", "")
-            raise ValueError(f"unsupported silhouette dtype {dt}: pass uint8 frames (0..255) or float "
-                             "silhouettes in [0, 1]")
-        if x.ndim == 3:
-            x = x.unsqueeze(0)
-        return np.ascontiguousarray(x.numpy(), dtype=np.float32)
+        return prepare_silhouettes(silhouettes, self.input_size)
 
     # ------------------------------------------------------------------ inference
     def embed(self, silhouettes: Any) -> np.ndarray:
