@@ -113,3 +113,17 @@ def test_the_split_graphs_have_the_expected_shapes(exports):
     h_in = [d.dim_value or d.dim_param for d in head.graph.input[0].type.tensor_type.shape.dim]
     assert len(f_out) == 5 and len(h_in) == 4 and f_out[2:] == h_in[1:]
     assert any(n.op_type in ("QLinearConv", "ConvInteger", "QuantizeLinear") for n in frames.graph.node)
+
+
+def test_models_that_mix_frames_are_refused(tmp_path):
+    """DeepGaitV2's 3D blocks mix neighbouring frames before the temporal max: a running max of single frames
+    would give another embedding, so the split refuses it (the PyTorch path too: it has no per-frame backbone)."""
+    from qgait.export import export_onnx
+    from qgait.models import build_model
+
+    m = build_model("deepgaitv2", width=0.125, bins=[8], embed_dim=16).eval()
+    path = export_onnx(m, tmp_path / "dg2.onnx", SIZE).path
+    with pytest.raises(TemporalSplitError, match="mixes frames"):
+        StreamingEmbedder.from_onnx(path)
+    with pytest.raises(TemporalSplitError, match="cannot be streamed"):
+        StreamingEmbedder.from_torch(m, SIZE)

@@ -70,3 +70,28 @@ def test_head_outputs_cosine_logits():
     assert out["embeddings"].shape == (4, 16, 8)
     assert out["logits"].shape == (4, 5, 8)
     assert out["logits"].abs().max() <= 1 + 1e-5
+
+
+@pytest.mark.parametrize("mode", ["3d", "p3d"])
+def test_deepgaitv2_shapes_and_temporal_mixing(mode):
+    m = build_model("deepgaitv2", width=0.125, bins=[8], embed_dim=16, mode=mode).eval()
+    x = torch.rand(2, 6, 32, 22)
+    with torch.no_grad():
+        out = m(x)
+        shuffled = m(x[:, torch.randperm(6, generator=torch.Generator().manual_seed(1))])
+    assert out.shape == (2, 16, 8)
+    # 3D blocks see frame order (unlike GaitBase's set pooling): a shuffled sequence gives another embedding
+    assert not torch.allclose(out, shuffled, atol=1e-4)
+
+
+def test_deepgaitv2_full_size_parameters_and_quantizable():
+    from qgait.quant import QuantConfig, quantize_
+
+    full = build_model("deepgaitv2", mode="p3d")
+    assert 8.5e6 < sum(p.numel() for p in full.parameters()) < 9.5e6  # the docstring's 9.1M (P3D, 1-1-1-1)
+    with pytest.raises(ValueError, match="mode"):
+        build_model("deepgaitv2", mode="2.5d")
+    small = build_model("deepgaitv2", width=0.125, bins=[8], embed_dim=16)
+    quantize_(small, QuantConfig(weight_bits=4, act_bits=4))
+    kinds = {type(mod).__name__ for mod in small.modules()}
+    assert "QuantConv3d" in kinds and "QuantConv2d" in kinds

@@ -80,6 +80,23 @@ def _temporal_max_node(model):
     return found[0]
 
 
+def _temporal_mixing_nodes(model) -> list[str]:
+    """Names of convolution / pooling nodes with 3D kernels (they mix neighbouring frames)."""
+    import onnx
+
+    inits = {i.name: len(i.dims) for i in model.graph.initializer}
+    out = []
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "LpPool"):
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        ks = attrs.get("kernel_shape")
+        w = node.input[3] if node.op_type == "QLinearConv" else (node.input[1] if len(node.input) > 1 else "")
+        if (ks is not None and len(ks) >= 3) or inits.get(w, 0) >= 5:
+            out.append(node.name or node.output[0])
+    return out
+
+
 def split_at_temporal_pool(model) -> tuple[Any, Any]:
     """Cut a gait model's ONNX graph at its temporal max pooling.
 
@@ -93,8 +110,8 @@ def split_at_temporal_pool(model) -> tuple[Any, Any]:
         output names are those of the original graph's tensors.
 
     Raises:
-        TemporalSplitError: no single temporal max, or the graph does not fall apart into the two parts there
-            (a node after the max also reads the per-frame tensors).
+        TemporalSplitError: no single temporal max, the graph does not fall apart into the two parts there (a
+            node after the max also reads the per-frame tensors), or the part before it mixes frames (3D kernels).
     """
     import onnx
     from onnx.utils import Extractor
@@ -111,6 +128,11 @@ def split_at_temporal_pool(model) -> tuple[Any, Any]:
         raise TemporalSplitError(f"cannot cut the graph at {node.name or pooled!r}: {exc}") from exc
     if any(i.name == in_name for i in head.graph.input):
         raise TemporalSplitError("the head after the temporal max also reads the silhouettes: not streamable")
+    mixing = _temporal_mixing_nodes(frames)
+    if mixing:
+        raise TemporalSplitError(f"the part before the temporal max mixes frames ({', '.join(mixing[:3])}: 3D "
+                                 "kernels): a running max of single frames would not equal it (DeepGaitV2 is not "
+                                 "streamable; GaitBase is)")
     for m in (frames, head):
         m.ClearField("metadata_props")
         for imp in model.opset_import:  # extract_model keeps the opsets; make sure the domains are all there
