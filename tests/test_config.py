@@ -56,3 +56,13 @@ def test_missing_file_and_bad_yaml(tmp_path):
     p.write_text("name: [unclosed\n")
     with pytest.raises(ConfigError, match="YAML"):
         load_config(p)
+
+
+def test_malformed_override_value_is_a_config_error(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("name: x\ndata: {store: s}\n")
+    for bad in ("train.iterations=[1,", "optim.milestones={a", "name='x"):
+        with pytest.raises(ConfigError, match="not valid YAML"):
+            load_config(p, [bad])
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        load_config(p, ["train.iterations"])

@@ -11,7 +11,8 @@ from pathlib import Path
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", type=Path, help="experiment YAML file (see configs/)")
+    p.add_argument("config", type=Path, help="experiment YAML file, or a shipped recipe's name such as "
+                   "gaitbase_casiab_cpu (the recipes: configs/ in the repository, qgait/configs in the package)")
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config value, e.g. --set train.iterations=100 (repeatable; value parsed as YAML)",
@@ -87,7 +88,7 @@ def _cmd_data_import(a: argparse.Namespace) -> int:
 def _cmd_data_pretreat(a: argparse.Namespace) -> int:
     from .data.pretreat import pretreat_folder
 
-    summary = pretreat_folder(a.src, a.dest, skip_bad=a.skip_bad, progress=not a.quiet)
+    summary = pretreat_folder(a.src, a.dest, skip_bad=a.skip_bad, progress=not a.quiet, overwrite=a.overwrite)
     print(summary)
     return 0
 
@@ -104,7 +105,24 @@ def _cmd_data_stats(a: argparse.Namespace) -> int:
 def _cmd_run(a: argparse.Namespace) -> int:
     from .workflows.main_job import run_main_job
 
-    run_main_job(quick=a.quick, data=a.data, out_root=a.output_dir, progress=not a.quiet)
+    run_main_job(quick=a.quick, data=a.data, out_root=a.output_dir, progress=not a.quiet, retrain=a.retrain,
+                 fp_checkpoint=getattr(a, "from"))
+    return 0
+
+
+def _cmd_verify(a: argparse.Namespace) -> int:
+    from .workflows.verify import run_verification
+
+    checkpoints = {}
+    for item in a.checkpoint:
+        name, _, path = item.rpartition("=") if "=" in item else (Path(item).parent.name or item, "", item)
+        if name in checkpoints:
+            raise ValueError(f"--checkpoint: the name {name!r} is given twice (name them: NAME=CKPT)")
+        checkpoints[name] = Path(path)
+    from .config import load_config
+
+    run_verification(load_config(a.config, a.overrides), checkpoints, a.output_dir, progress=not a.quiet, overwrite=a.overwrite,
+                     open_set_left_out=a.left_out)
     return 0
 
 
@@ -189,16 +207,28 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("src", type=Path, help="folder subject/condition/view/*.png")
     q.add_argument("dest", type=Path, help="store folder to create")
     q.add_argument("--skip-bad", action="store_true", help="skip sequences with no usable frame, list them")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing store")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=_cmd_data_pretreat)
     q = dsub.add_parser("stats", help="print a store's subjects, sequences, frames and per-condition counts")
     q.add_argument("store", type=Path, help="store folder")
     q.set_defaults(func=_cmd_data_stats)
 
-    p = sub.add_parser("run", help="the main job: import CASIA-B, train the CPU recipe, evaluate",
-                       description="Import CASIA-B into a store (once), train the CPU recipe, evaluate it on the "
-                       "test subjects and print the CASIA-B table.")
-    p.add_argument("--quick", action="store_true", help="a few subjects and a few hundred iterations (<10 min)")
+    p = sub.add_parser("run", help="the main job: import CASIA-B, QGait W4A4 from the zoo's FP model, evaluate, "
+                       "export int8, check parity, benchmark",
+                       description="Import CASIA-B into a store (once); start from the trained CPU-recipe "
+                       "checkpoint of the zoo (zoo/gaitbase_casiab_cpu/model.pt; --retrain trains it instead, about "
+                       "50 min more on 2 cores); quantize it with QGait W4A4 (qgait_w4a4_cpu, or qgait_w4a4_quick "
+                       "with --quick) and evaluate it on the test subjects; print the FP vs W4A4 rank-1 summary; "
+                       "export the W4A4 model as int8 ONNX, check its parity with PyTorch and benchmark FP32 vs "
+                       "INT8 runtimes (runs/deploy/).")
+    p.add_argument("--quick", action="store_true",
+                   help="a first look: 20 + 10 QAT iterations, 5 test subjects, a short benchmark (minutes)")
+    p.add_argument("--retrain", action="store_true",
+                   help="train the FP model (the CPU recipe, or the quick recipe with --quick) instead of starting "
+                   "from the zoo's checkpoint")
+    p.add_argument("--from", type=Path, default=None, metavar="FP_CKPT",
+                   help="start from this FP model.pt (a CPU-recipe model) instead of the zoo's")
     p.add_argument("--data", type=Path, default=None,
                    help="CASIA-B in OpenGait format: folder of .pkl sequences or of per-subject .tar.xz archives "
                    "(default: the recipe's, ../shared/data/casia-b beside the repository, imported once into "
@@ -207,27 +237,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_run)
 
+    p = sub.add_parser("verify", help="verification (EER, TAR@FMR, ROC / DET) and open-set (DIR@FPIR) figures of "
+                       "one or more models on the test subjects",
+                       description="Embed the test subjects with each --checkpoint (FP or quantized model.pt) and "
+                       "write verification.json and one verification_<set>.png per probe set (NM, BG, CL) with "
+                       "every model's ROC, DET and DIR / FPIR curves. Probes are searched against the protocol's "
+                       "gallery of all views; the open-set test leaves half the gallery subjects out (seed 0). "
+                       "Rates are fractions (ISO/IEC 19795-1 terms: FMR, FNMR, FPIR, FNIR).")
+    _add_config_args(p)
+    p.add_argument("--checkpoint", action="append", required=True, metavar="[NAME=]CKPT",
+                   help="a model.pt, optionally named (FP32=zoo/gaitbase_casiab_cpu/model.pt); repeatable")
+    p.add_argument("--output-dir", type=Path, required=True, help="where verification.json and the PNGs go")
+    p.add_argument("--left-out", type=float, default=0.5,
+                   help="fraction of gallery subjects left out of the open-set gallery (default 0.5)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing verification.json")
+    p.set_defaults(func=_cmd_verify)
+
     from .cli_deploy import add_deploy_commands
+    from .cli_gallery import add_gallery_commands
 
     add_deploy_commands(sub)
+    add_gallery_commands(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .config import ConfigError
-    from .data.sources import BadSequenceError
-    from .engine.checkpoint import CheckpointError
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+               PermissionError)
+"""What a command reports as one line ``qgait: error: ...`` (exit status 2) rather than a traceback: qgait's own
+errors (``ConfigError``, ``CheckpointError``, ``BadSequenceError``... are ``ValueError`` s) and the file system's
+answers about the paths given."""
+
+
+def run_command(func, args: argparse.Namespace) -> int:
+    """Run a command: user errors as one line (exit 2), interruptions as one line (exit 128 + signal: 130 for
+    Ctrl-C, 143 for SIGTERM)."""
     from .engine.trainer import TrainingInterrupted
 
-    args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        return func(args)
     except TrainingInterrupted as e:
         print(f"qgait: {e}", file=sys.stderr)
         return 130
-    except (ConfigError, CheckpointError, BadSequenceError, FileNotFoundError, ValueError) as e:
-        print(f"qgait: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM during an import (qgait.data.errors.Interrupted)
+        signum = getattr(e, "signum", 2)
+        what = "SIGTERM" if signum == 15 else "Ctrl-C"
+        print(f"qgait: interrupted ({what})", file=sys.stderr)
+        return 128 + signum
+    except USER_ERRORS as e:
+        print(f"qgait: error: {_one_line(e)}", file=sys.stderr)
         return 2
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and not isinstance(e, (FileNotFoundError, FileExistsError)) and e.filename:
+        return f"{e.filename}: {e.strerror}"  # IsADirectoryError etc.: "[Errno 21] ..." reads badly
+    return str(e)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":

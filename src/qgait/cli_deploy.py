@@ -15,23 +15,31 @@ from pathlib import Path
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
+    from .data.store import SequenceStore
     from .workflows.deploy import export_checkpoint, parity_check
+    from .workflows.outputs import check_outputs, staged
 
     # check what can fail before the export and the (long) parity run, so that no finished work is lost
     subjects = a.parity_subjects.split(",") if a.parity_subjects else None
+    calib_subjects = a.calib_subjects.split(",") if a.calib_subjects else None
     if a.parity_store is not None:
         if a.format != "onnx":
             raise ValueError("--parity-store checks an ONNX export (use --format onnx)")
         if not subjects:
             raise ValueError("--parity-store needs --parity-subjects (e.g. 075,076)")
+        SequenceStore.open(a.parity_store).check_known(subjects=subjects)
+    if a.calib_store is not None and calib_subjects:
+        SequenceStore.open(a.calib_store).check_known(subjects=calib_subjects)
     if a.report is not None:
+        check_outputs([a.report], [a.checkpoint], a.overwrite)
         Path(a.report).parent.mkdir(parents=True, exist_ok=True)
     report = export_checkpoint(
         a.checkpoint, a.output, fmt=a.format, int8=a.int8, pack_int4=a.pack_int4, calib_store=a.calib_store,
-        calib_subjects=a.calib_subjects.split(",") if a.calib_subjects else None,
+        calib_subjects=calib_subjects,
         calib_sequences=a.calib_sequences, calib_frames=a.calib_frames, first_input=a.first_input,
         requant={"auto": "auto", "on": True, "off": False}[a.requant], ptq_method=a.ptq_method,
         conv_kernel=a.conv_kernel, match_bias=not a.no_match_bias, float_weights=a.float_weights,
+        overwrite=a.overwrite,
     )
     print(f"wrote {report['output']} ({report['kind']}, {report['bytes'] / 1e6:.2f} MB; checkpoint "
           f"{report['checkpoint_bytes'] / 1e6:.2f} MB)")
@@ -49,7 +57,8 @@ def _cmd_export(a: argparse.Namespace) -> int:
             print("rank-1 PyTorch: " + ", ".join(f"{k} {v:.1f}" for k, v in par["torch"].items()))
             print("rank-1 exported: " + ", ".join(f"{k} {v:.1f}" for k, v in par["onnx"].items()))
     if a.report is not None:
-        Path(a.report).write_text(json.dumps(report, indent=2, default=str))
+        with staged([a.report]) as (tmp,):
+            tmp.write_text(json.dumps(report, indent=2, default=str))
     return 0
 
 
@@ -58,18 +67,26 @@ def _cmd_embed(a: argparse.Namespace) -> int:
 
     from .runtime import GaitEmbedder
     from .workflows.deploy import collect_sequences, embed_sequences
+    from .workflows.outputs import check_outputs, staged
 
     sources = list(a.sequences) + ([a.store] if a.store else [])
     if not sources:
         raise ValueError("give sequence files (.pkl/.npy), an OpenGait folder, or --store STORE")
-    indices = [int(i) for i in a.indices.split(",")] if a.indices else None
+    path = Path(a.output)
+    if path.suffix != ".npy":
+        raise ValueError(f"{path}: the output is a .npy file (its sequence list goes beside it as .json)")
+    check_outputs([path, path.with_suffix(".json")], [a.model, *sources], a.overwrite)
+    try:
+        indices = [int(i) for i in a.indices.split(",")] if a.indices else None
+    except ValueError:
+        raise ValueError(f"--indices {a.indices!r}: expected comma-separated store indices, e.g. 0,5,12") from None
     items = collect_sequences(sources, a.subjects, a.conditions, a.views, indices)
     emb = GaitEmbedder(a.model, threads=a.threads)
-    out = embed_sequences(emb, items, a.max_frames, progress=not a.quiet)
-    path = Path(a.output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, out)
-    path.with_suffix(".json").write_text(json.dumps([it.describe() for it in items], indent=1))
+    out = embed_sequences(emb, items, a.max_frames, progress=not a.quiet, check=not a.no_silhouette_check)
+    with staged([path, path.with_suffix(".json")]) as (npy, meta):
+        with open(npy, "wb") as f:
+            np.save(f, out)
+        meta.write_text(json.dumps([it.describe() for it in items], indent=1))
     print(f"wrote {path} {list(out.shape)} and {path.with_suffix('.json')} ({len(items)} sequences)")
     return 0
 
@@ -81,15 +98,15 @@ def _cmd_identify(a: argparse.Namespace) -> int:
         a.model, a.gallery, a.probe, a.top_k, gallery_subjects=a.gallery_subjects,
         gallery_conditions=a.gallery_conditions, gallery_views=a.gallery_views, probe_subjects=a.probe_subjects,
         probe_conditions=a.probe_conditions, probe_views=a.probe_views, metric=a.metric, max_frames=a.max_frames,
-        save_gallery=a.save_gallery, threads=a.threads, progress=not a.quiet,
+        save_gallery=a.save_gallery, threads=a.threads, progress=not a.quiet, check=not a.no_silhouette_check,
+        overwrite=a.overwrite,
     )
     if a.json:
         print(json.dumps(res, indent=1))
         return 0
     for r in res:
         p = r["probe"]
-        truth = f" (subject {p['subject']})" if p["subject"] else ""
-        print(f"probe {p['source']}{truth}:")
+        print(f"probe {p['source']} (subject {p['subject'] or 'unknown'}):")
         for k, (label, dist) in enumerate(r["top"], 1):
             print(f"  {k}. {label}  distance {dist:.4f}")
     return 0
@@ -114,6 +131,12 @@ def _filters(p: argparse.ArgumentParser, prefix: str = "", what: str = "sequence
     p.add_argument(f"{dash}views", help=f"comma-separated views of the {what}, e.g. 090")
 
 
+def _silhouette_check(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-silhouette-check", action="store_true",
+                   help="embed sequences even when they do not look like binary silhouettes (empty, noise, grey or "
+                   "colour images, inverted: refused by default, with the reason)")
+
+
 def add_deploy_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add ``export``, ``embed``, ``identify`` and ``bench`` to the ``qgait`` sub-command parsers."""
     from .workflows.deploy import BENCH_MODELS, BENCH_VARIANTS
@@ -134,7 +157,8 @@ def add_deploy_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pack-int4", action="store_true",
                    help="also write a .qgpack file with the <= 4-bit weights packed two per byte")
     p.add_argument("--output", "-o", type=Path,
-                   help="output file (default: beside the checkpoint, model.onnx / model.int8.onnx / .pt2)")
+                   help="output file, or a folder to write the default name into (default: beside the checkpoint, "
+                   "model.onnx / model.int8.onnx / .pt2); an existing file is refused without --overwrite")
     p.add_argument("--calib-store", type=Path, help="store of real silhouettes for calibration")
     p.add_argument("--calib-subjects", help="comma-separated calibration subjects (default: the CASIA-B training "
                    "subjects in the store)")
@@ -165,6 +189,8 @@ def add_deploy_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-rank1", action="store_true", help="parity check: embeddings only, skip the rank-1")
     p.add_argument("--max-frames", type=int, default=720, help="frame cap per sequence in the parity check")
     p.add_argument("--report", type=Path, help="write the export (and parity) report as JSON here")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files (never the checkpoint itself)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_export)
 
@@ -179,9 +205,12 @@ def add_deploy_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--store", type=Path, help="a qgait store to take sequences from")
     p.add_argument("--indices", help="comma-separated store indices (instead of the filters)")
     _filters(p)
-    p.add_argument("-o", "--output", type=Path, required=True, help="output .npy file")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="output .npy file (never an input; an existing one is refused without --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output .npy / .json")
     p.add_argument("--max-frames", type=int, default=720, help="frames per sequence cap (default 720)")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
+    _silhouette_check(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_embed)
 
@@ -189,9 +218,12 @@ def add_deploy_commands(subparsers: argparse._SubParsersAction) -> None:
         "identify", help="rank gallery subjects for probe sequences",
         description="Embed a gallery and probe sequences with an exported model and print, for every probe, the "
         "top-k gallery subjects (each scored by its nearest gallery sequence) with the part-averaged Euclidean "
-        "distance. Gallery and probes: a qgait store, an OpenGait folder subject/condition/view/*.pkl, or .pkl "
-        "files (a gallery .pkl must sit in that layout to have a subject label); a gallery can also be a .npz "
-        "saved with --save-gallery.")
+        "distance. Gallery and probes: a qgait store, an OpenGait folder subject/condition/view/*.pkl, or "
+        ".pkl / .npy files (a file has a subject label only in that layout, named <view>.pkl or "
+        "<subject>-<condition>-<view>...; otherwise its subject is reported as unknown); a gallery can also be a "
+        ".npz saved with --save-gallery. Subject, condition and view ids that the sources do not hold are refused. "
+        "Raw PNG frames need `qgait data pretreat` first; sequences that do not look like silhouettes are refused "
+        "(--no-silhouette-check).")
     p.add_argument("model", type=Path, help="exported model (.onnx or .qgpack)")
     p.add_argument("--gallery", nargs="+", type=Path, required=True,
                    help="gallery source(s): store, OpenGait folder, .pkl files, or a saved gallery .npz")
@@ -202,9 +234,12 @@ def add_deploy_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=5, help="subjects to list per probe (default 5)")
     p.add_argument("--metric", choices=["euc", "cos"], default="euc",
                    help="euc: part-averaged Euclidean distance (default); cos: 1 - mean part cosine")
-    p.add_argument("--save-gallery", type=Path, help="save the gallery embeddings as .npz for reuse")
+    p.add_argument("--save-gallery", type=Path, help="save the gallery embeddings as .npz for reuse (never an "
+                   "input; an existing file is refused without --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --save-gallery file")
     p.add_argument("--max-frames", type=int, default=720, help="frames per sequence cap (default 720)")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
+    _silhouette_check(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_identify)
@@ -241,16 +276,12 @@ def build_deploy_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a deployment command; errors print ``qgait: error: ...`` and return 2 (as ``qgait.cli.main``)."""
-    from .data.errors import BadSequenceError
-    from .engine.checkpoint import CheckpointError
+    """Run a deployment command; errors print ``qgait: error: ...`` and return 2, Ctrl-C prints one line and returns
+    130 (as ``qgait.cli.main``)."""
+    from .cli import run_command
 
     args = build_deploy_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (CheckpointError, BadSequenceError, FileNotFoundError, ValueError) as e:
-        print(f"qgait: error: {e}", file=sys.stderr)
-        return 2
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,17 @@
 """Experiment configuration: YAML files validated against a schema.
 
 A config is layered: ``base: other.yaml`` names a parent whose values it overrides (deep merge), as OpenGait's
-defaults + experiment files do. Every section forbids unknown keys, so a misspelt key fails at start with the
-file and the key named. Relative paths in ``data`` are resolved against the directory of the file that sets
-them, never against the working directory.
+defaults + experiment files do; a ``model`` section that names another model than its base's drops the base's
+``model.args`` (GaitSet's recipe over GaitBase's does not inherit GaitBase's ``strides``). Every section forbids
+unknown keys, so a misspelt key fails at start with the file and the key named. Relative paths in ``data`` are
+resolved against the directory of the file that sets them, never against the working directory; in the recipes
+shipped with qgait (:mod:`qgait.recipes`) against the project folder. A config path may also be a shipped
+recipe's name (``gaitbase_casiab_cpu``), on the command line, in :func:`load_config` and in ``base:``.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -236,7 +240,30 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+def resolve_config_path(path: str | Path, relative_to: Path | None = None) -> Path:
+    """The config file ``path`` names: a file (relative to ``relative_to`` when given, else as it is), or else a
+    shipped recipe's name (``gaitbase_casiab_cpu``, :mod:`qgait.recipes`).
+
+    Raises:
+        ConfigError: neither a file nor a recipe (the message lists the recipes).
+    """
+    from .recipes import RecipeNotFound, recipe_names, recipe_path
+
+    p = Path(path)
+    file = relative_to / p if relative_to is not None and not p.is_absolute() else p
+    if file.is_file():
+        return file
+    if len(p.parts) == 1 and p.suffix in ("", ".yaml"):
+        try:
+            return recipe_path(p.name)
+        except RecipeNotFound:
+            pass
+    raise ConfigError(f"{file}: config file not found (nor a shipped recipe: {', '.join(recipe_names())})")
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    from .recipes import is_recipe_file, project_root
+
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"{path}: 'base' chain loops")
@@ -249,14 +276,20 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config must be a mapping at the top level")
     data = raw.get("data")
-    if isinstance(data, dict):  # resolve relative paths against this file's folder
+    if isinstance(data, dict):  # relative paths: against this file's folder (a shipped recipe: the project's)
+        anchor = project_root() if is_recipe_file(path) else path.parent
         for key in ("source", "store"):
             if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
-                data[key] = str((path.parent / data[key]).resolve())
+                data[key] = str((anchor / data[key]).resolve())
     base = raw.pop("base", None)
     if base is None:
         return raw
-    return _deep_merge(_read_yaml(path.parent / base, seen + (path,)), raw)
+    parent = _read_yaml(resolve_config_path(str(base), path.parent), seen + (path,))
+    model, parent_model = raw.get("model"), parent.get("model")
+    if isinstance(model, dict) and isinstance(parent_model, dict) and "name" in model \
+            and str(model["name"]).lower() != str(parent_model.get("name", "gaitbase")).lower():
+        parent = {**parent, "model": {k: v for k, v in parent_model.items() if k != "args"}}  # another model
+    return _deep_merge(parent, raw)
 
 
 def set_override(cfg: dict, dotted: str) -> None:
@@ -264,27 +297,33 @@ def set_override(cfg: dict, dotted: str) -> None:
     if "=" not in dotted:
         raise ConfigError(f"override {dotted!r} must look like key.sub=value")
     key, value = dotted.split("=", 1)
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        problem = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"override {dotted!r}: the value is not valid YAML ({problem}); e.g. "
+                          "train.iterations=100, optim.milestones=[100,200], data.source=null") from None
     node = cfg
     parts = key.split(".")
     for p in parts[:-1]:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {dotted!r}: {p} is not a section")
-    node[parts[-1]] = yaml.safe_load(value)
+    node[parts[-1]] = parsed
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
     """Read, merge and validate a config file.
 
     Args:
-        path: YAML file.
+        path: YAML file, or the name of a shipped recipe (``gaitbase_casiab_cpu``, :mod:`qgait.recipes`).
         overrides: ``key.sub=value`` strings applied after merging (e.g. ``train.iterations=100``).
 
     Raises:
-        ConfigError: missing file, invalid YAML, an unknown or misspelt key, or a value of the wrong type; the
-            message names the file and the offending key.
+        ConfigError: missing file (and no such recipe), invalid YAML, an unknown or misspelt key, a value of the
+            wrong type or an override value that is not YAML; the message names the file and the offending key.
     """
-    raw = _read_yaml(Path(path))
+    raw = _read_yaml(resolve_config_path(path))
     for o in overrides:
         set_override(raw, o)
     try:
@@ -298,6 +337,22 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{path}: invalid config\n" + "\n".join(lines)) from None
 
 
-def dump_config(cfg: ExperimentConfig) -> dict:
-    """The validated config as plain JSON/YAML-serialisable data (paths as strings)."""
-    return cfg.model_dump(mode="json")
+def dump_config(cfg: ExperimentConfig, relative_to: str | Path | None = None) -> dict:
+    """The validated config as plain JSON/YAML-serialisable data (paths as strings).
+
+    Args:
+        relative_to: the folder the dump will be written to (a run folder's ``config.yaml``): ``data.source`` and
+            ``data.store`` are then written relative to it, so that the file reads the same wherever the project
+            is checked out (:func:`load_config` resolves them against the file's folder again). A path that has
+            no folder in common with it but the file system root stays absolute.
+    """
+    out = cfg.model_dump(mode="json")
+    if relative_to is not None:
+        base = Path(relative_to).resolve()
+        for key in ("source", "store"):
+            value = out["data"].get(key)
+            if value and Path(value).is_absolute():
+                common = os.path.commonpath([str(base), value])
+                if common != os.path.sep:
+                    out["data"][key] = os.path.relpath(value, base)
+    return out

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
+import signal
 import subprocess
 import sys
 import tarfile
@@ -274,3 +276,28 @@ def test_cut_width_store_holds_the_cut_frames(casia_b, tmp_path):
         if j in (0, 57):
             i = store.select(subjects=[seq.key.subject], conditions=[seq.key.condition], views=[seq.key.view])[0]
             assert np.array_equal(store.frames(i), seq.frames[:, :, 10:54])
+
+
+@pytest.mark.skipif(signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None),
+                    reason="a SIGTERM handler is installed around the tests")
+def test_sigterm_inside_the_writer_cleans_up_as_ctrl_c_does(tmp_path):
+    """SIGTERM within ``with StoreWriter(...)`` raises Interrupted there, so the partial folder goes (issue 16)."""
+    from qgait.data.errors import Interrupted
+
+    with pytest.raises(Interrupted):
+        with StoreWriter(tmp_path / "st") as w:
+            w.add(SequenceKey("1", "a", "0"), np.zeros((2, 64, 64), np.uint8))
+            assert list(tmp_path.glob("st.partial-*"))
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10_000_000):  # the handler runs at the next bytecode boundary
+                pass
+    assert not any(tmp_path.iterdir())
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_existing_store_message_names_the_flag(synth_src, tmp_path):
+    root, _ = synth_src
+    build_store(root, tmp_path / "st", subjects=["001"], progress=False)
+    with pytest.raises(FileExistsError, match="add --overwrite to replace it") as e:
+        build_store(root, tmp_path / "st", progress=False)
+    assert "overwrite=True" not in str(e.value)

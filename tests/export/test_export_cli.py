@@ -110,7 +110,7 @@ def test_cli_errors_name_the_problem(gei_onnx, small_store, tmp_path, capsys):
     assert rc == 2 and "needs --parity-subjects" in err
     rc, _, err = _run(["identify", gei_onnx, "--gallery", small_store.path, "--gallery-subjects", "999",
                        "--probe", small_store.path, "--quiet"], capsys)
-    assert rc == 2 and "no sequences selected" in err
+    assert rc == 2 and "no subject 999 (they hold 001, 002, 003, 075, 076)" in err  # refused as import refuses
     wrong = tmp_path / "wrong.npy"
     np.save(wrong, np.zeros((5, 32, 32), np.uint8))
     rc, _, err = _run(["embed", gei_onnx, wrong, "-o", tmp_path / "e.npy", "--quiet"], capsys)

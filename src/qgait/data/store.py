@@ -28,7 +28,7 @@ import warnings
 
 import numpy as np
 
-from .errors import BadSequenceError
+from .errors import BadSequenceError, raise_on_sigterm, signals_deferred
 from .sources import SequenceKey, iter_sequences
 
 __all__ = [
@@ -158,7 +158,8 @@ class StoreWriter:
 
     Frames are appended to ``<dest>.partial-<pid>/frames.u8`` as they come (memory: one sequence);
     :meth:`close` writes ``index.json`` then ``meta.json`` and renames the folder to ``dest`` in one step.
-    Used as a context manager, an exception aborts the import and removes the partial folder.
+    Used as a context manager, an exception aborts the import and removes the partial folder; so do Ctrl-C and
+    SIGTERM (which raises :class:`~qgait.data.errors.Interrupted` inside the block, main thread only).
 
     Args:
         dest: the store folder to create.
@@ -201,7 +202,7 @@ class StoreWriter:
             raise FileExistsError(f"{d}: exists and is not a store folder; choose another destination")
         if (d / META_FILE).exists():
             if not self.overwrite:
-                raise FileExistsError(f"{d}: a complete store already exists (pass overwrite=True to replace it)")
+                raise FileExistsError(f"{d}: a store already exists there; add --overwrite to replace it")
         elif any(d.iterdir()) and not _looks_like_store(d):
             raise FileExistsError(f"{d}: exists and holds files that are not a store's; choose another destination")
 
@@ -314,16 +315,17 @@ class StoreWriter:
         _fsync_dir(self.partial)
         self._check_dest()
         old = None
-        if self.dest.exists():
-            old = self.dest.parent / f"{self.dest.name}.old-{os.getpid()}"
-            if old.exists():
-                shutil.rmtree(old)
-            os.rename(self.dest, old)
-        os.rename(self.partial, self.dest)
-        _fsync_dir(self.dest.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        self._closed = True
+        with signals_deferred():  # Ctrl-C / SIGTERM wait: never the old store moved aside and the new one deleted
+            if self.dest.exists():
+                old = self.dest.parent / f"{self.dest.name}.old-{os.getpid()}"
+                if old.exists():
+                    shutil.rmtree(old)
+                os.rename(self.dest, old)
+            os.rename(self.partial, self.dest)
+            self._closed = True
+            _fsync_dir(self.dest.parent)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
         return self.dest
 
     def abort(self) -> None:
@@ -334,13 +336,18 @@ class StoreWriter:
         self._closed = True
 
     def __enter__(self) -> StoreWriter:
+        self._sigterm = raise_on_sigterm()
+        self._sigterm.__enter__()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self.abort()
-        elif not self._closed:
-            self.close()
+        try:
+            if exc_type is not None:
+                self.abort()
+            elif not self._closed:
+                self.close()
+        finally:
+            self._sigterm.__exit__(None, None, None)
 
 
 def build_store(
@@ -637,6 +644,30 @@ class SequenceStore:
         s, c, v = _as_str_set(subjects), _as_str_set(conditions), _as_str_set(views)
         return [i for i, r in enumerate(self.records)
                 if (s is None or r.subject in s) and (c is None or r.condition in c) and (v is None or r.view in v)]
+
+    def check_known(
+        self,
+        subjects: Collection[str] | str | None = None,
+        conditions: Collection[str] | str | None = None,
+        views: Collection[str] | str | None = None,
+    ) -> None:
+        """Refuse requested subject / condition / view ids that the store does not hold (as ``qgait data import
+        --subjects`` refuses subjects its source lacks), rather than selecting fewer sequences silently.
+
+        Raises:
+            ValueError: the unknown ids, by kind, with what the store holds.
+        """
+        problems = []
+        for kind, wanted, have in (("subject", subjects, self.subjects),
+                                   ("condition", conditions, {r.condition for r in self.records}),
+                                   ("view", views, {r.view for r in self.records})):
+            missing = sorted((_as_str_set(wanted) or set()) - set(have))
+            if missing:
+                held = sorted(have)
+                shown = ", ".join(held[:12]) + (f", ... ({len(held)} in all)" if len(held) > 12 else "")
+                problems.append(f"no {kind} {', '.join(missing)} (it holds {shown})")
+        if problems:
+            raise ValueError(f"{self.path}: " + "; ".join(problems))
 
     def labels_for(self, indices: Sequence[int]) -> tuple[np.ndarray, list[str]]:
         """Class labels of the given sequences.

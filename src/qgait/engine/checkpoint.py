@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,22 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
     return path
 
 
+def _load_problem(e: Exception) -> str:
+    """What went wrong in ``torch.load``, in qgait's words: PyTorch's messages advise loading with
+    ``weights_only`` off (arbitrary code execution), which qgait never does, so they are not quoted."""
+    text = str(e)
+    if isinstance(e, pickle.UnpicklingError):
+        glob = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if glob:
+            return (f"it holds a Python object of type {glob.group(1)}, not only tensors and plain data; qgait "
+                    "reads checkpoints written by qgait, without running code from them")
+        return "not a PyTorch checkpoint, or a corrupt one"
+    if "zip archive" in text or "central directory" in text:
+        return "truncated or corrupt file: not a complete PyTorch zip archive"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(e).__name__}: {first[:200]}" if "weights_only" not in first else type(e).__name__
+
+
 def load_checkpoint(path: str | Path, required: tuple[str, ...] = ()) -> dict:
     """Load a checkpoint dict with ``weights_only=True`` onto the CPU.
 
@@ -44,7 +62,7 @@ def load_checkpoint(path: str | Path, required: tuple[str, ...] = ()) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt zip, truncated file, disallowed global
-        raise CheckpointError(f"{path}: cannot load checkpoint ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"{path}: cannot load checkpoint ({_load_problem(e)})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
     missing = [k for k in required if k not in obj]

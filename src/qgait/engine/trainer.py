@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, save_atomic
+from .checkpoint import CheckpointError, load_checkpoint, save_atomic
 from .distributed import DistContext, barrier, broadcast_flag
 
 
@@ -86,6 +86,7 @@ class Trainer:
         self.ckpt_path = self.out_dir / checkpoint_name
         self.config, self.progress, self.tag = config or {}, progress, tag
         self.iteration = 0
+        self.resumed_from = 0  # the iteration the last fit() started from (0: a fresh start)
         self._stop = False
         self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" and ctx.device.type == "cuda" else None
         runner: nn.Module = net
@@ -112,12 +113,23 @@ class Trainer:
         barrier(self.ctx)
 
     def try_resume(self) -> bool:
-        """Load ``checkpoint_name`` from ``out_dir`` if present; True if resumed."""
+        """Load ``checkpoint_name`` from ``out_dir`` if present; True if resumed.
+
+        Raises:
+            CheckpointError: the checkpoint is unreadable, or its weights / optimizer state do not fit this
+                network (a run made with another architecture).
+        """
         if not self.ckpt_path.is_file():
             return False
         ck = load_checkpoint(self.ckpt_path, required=("iteration", "model", "optimizer"))
-        self.net.load_state_dict(ck["model"])
-        self.optimizer.load_state_dict(ck["optimizer"])
+        try:
+            self.net.load_state_dict(ck["model"])
+            self.optimizer.load_state_dict(ck["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"{self.ckpt_path}: cannot resume, the checkpoint does not fit this network "
+                                  f"(made with another architecture? {first}); give another --output-dir or "
+                                  "start over with --restart") from None
         if self.scaler is not None and ck.get("scaler"):
             self.scaler.load_state_dict(ck["scaler"])
         if ck.get("torch_rng") is not None:
@@ -171,6 +183,7 @@ class Trainer:
         """
         if resume:
             self.try_resume()
+        self.resumed_from = self.iteration
         writer = None
         log_file = None
         if self.ctx.is_main:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -114,19 +115,43 @@ def _example(input_size: Sequence[int], n: int = 2, frames: int = 3) -> torch.Te
     return (torch.rand(n, frames, h, w, generator=g) > 0.5).float()
 
 
+class _DropRegistryNoise(logging.Filter):
+    """Drops the ONNX exporter's registry messages about optional op libraries ("torchvision is not installed.
+    Skipping torchvision::nms" and the like, one per torchvision op at every export): they concern ops a gait
+    model never uses."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("torchvision is not installed")
+
+
+_REGISTRY_LOGGER = "torch.onnx._internal.exporter._registration"
+
+
 def _to_onnx(module: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
     """``torch.onnx.export`` (dynamo) with dynamic ``n`` and ``T``; returns the ModelProto (quietly)."""
     n = torch.export.Dim("n", min=1, max=4096)
     t = torch.export.Dim("T", min=1, max=100_000)
     module = module.eval()
     buf = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
+    quiet_registry = _filtered(_REGISTRY_LOGGER, _DropRegistryNoise())
+    with warnings.catch_warnings(), contextlib.redirect_stdout(buf), quiet_registry:
         warnings.simplefilter("ignore")
         prog = torch.onnx.export(
             module, (example,), None, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamo=True,
             dynamic_shapes=({0: n, 1: t},), opset_version=opset, verbose=False, external_data=False,
         )
     return prog.model_proto
+
+
+@contextlib.contextmanager
+def _filtered(logger_name: str, flt: logging.Filter):
+    """``flt`` on the logger ``logger_name`` within the block."""
+    logger = logging.getLogger(logger_name)
+    logger.addFilter(flt)
+    try:
+        yield
+    finally:
+        logger.removeFilter(flt)
 
 
 def _finish(model: onnx.ModelProto, path: str | Path, kind: str, input_size, meta: dict) -> ExportReport:

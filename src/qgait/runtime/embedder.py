@@ -215,16 +215,25 @@ class Gallery:
         embeddings: ``[m, c, p]`` (numpy or torch).
         labels: ``m`` labels (e.g. subject ids).
         info: optional per-entry details (e.g. ``{"condition": "nm-01", "view": "090"}``).
+        identity: the :class:`qgait.runtime.identity.ModelIdentity` of the model that embedded the entries, or
+            ``None`` when unknown (a gallery file written before identities were recorded).
+
+    Files: :meth:`save` / :meth:`load` (format and atomic writes: :mod:`qgait.runtime.gallery_io`); adding to a
+    gallery file: :func:`qgait.runtime.gallery.enroll`; indexed search: :class:`qgait.runtime.index.GalleryIndex`.
 
     Raises:
-        ValueError: empty gallery, embeddings not ``[m, c, p]``, or ``len(labels) != m``.
+        ValueError: empty gallery, embeddings not ``[m, c, p]``, ``len(labels) != m``, ``identity`` not a
+            ``ModelIdentity`` or recording another embedding shape than ``[c, p]``.
     """
 
     embeddings: np.ndarray
     labels: list[str]
     info: list[dict] = field(default_factory=list)
+    identity: Any = None
 
     def __post_init__(self) -> None:
+        from .identity import ModelIdentity
+
         e = self.embeddings
         e = e.detach().cpu().numpy() if isinstance(e, torch.Tensor) else np.asarray(e)
         if e.size == 0 or len(self.labels) == 0:
@@ -235,36 +244,59 @@ class Gallery:
             raise ValueError(f"gallery has {e.shape[0]} embeddings but {len(self.labels)} labels")
         if self.info and len(self.info) != len(self.labels):
             raise ValueError(f"gallery has {len(self.labels)} labels but {len(self.info)} info entries")
+        if self.identity is not None:
+            if not isinstance(self.identity, ModelIdentity):
+                raise ValueError(f"gallery identity must be a ModelIdentity or None, got "
+                                 f"{type(self.identity).__name__}")
+            if self.identity.embedding_shape is None:
+                self.identity = self.identity.with_embedding_shape(e.shape[1:])
+            elif self.identity.embedding_shape != tuple(e.shape[1:]):
+                raise ValueError(f"gallery embeddings are {list(e.shape[1:])} but its model "
+                                 f"{self.identity.describe()} gives {list(self.identity.embedding_shape)}")
         self.embeddings = e.astype(np.float32, copy=False)
         self.labels = [str(v) for v in self.labels]
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def save(self, path: str | Path) -> Path:
-        """Write the gallery as ``.npz`` (embeddings, labels, info as JSON)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, embeddings=self.embeddings, labels=np.array(self.labels),
-                 info=np.array(json.dumps(self.info)))
-        return path
+    def check(self, model: Any) -> str:
+        """Whether this gallery may be searched with ``model`` (a ``ModelIdentity`` or a :class:`GaitEmbedder`).
 
-    @classmethod
-    def load(cls, path: str | Path) -> Gallery:
-        """Read a gallery written by :meth:`save`.
+        Returns:
+            ``"match"``, or ``"unknown"`` when the gallery records no identity (see
+            :func:`qgait.runtime.identity.check_identity`).
 
         Raises:
-            ValueError: missing, unreadable or malformed file (named), or an empty gallery.
+            GalleryMismatchError: built with another model or input size (both named).
         """
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"{path}: gallery file not found")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                emb, labels, info = z["embeddings"], [str(v) for v in z["labels"]], json.loads(str(z["info"]))
-        except Exception as exc:  # noqa: BLE001
-            raise ValueError(f"{path}: not a gallery file ({type(exc).__name__}: {exc})") from exc
-        return cls(emb, labels, info)
+        from .identity import ModelIdentity, check_identity
+
+        ident = model if isinstance(model, ModelIdentity) else ModelIdentity.of(model)
+        return check_identity(self.identity, ident)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the gallery atomically as ``.npz`` (embeddings, labels, info and model identity; format
+        ``qgait-gallery/2``, :func:`qgait.runtime.gallery_io.save_gallery`). Returns the path written (``.npz``
+        appended when missing)."""
+        from .gallery_io import save_gallery
+
+        return save_gallery(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path, expect: Any = None) -> Gallery:
+        """Read a gallery written by :meth:`save` (or by an older qgait, without identity: ``identity = None``).
+
+        Args:
+            expect: a ``ModelIdentity`` or :class:`GaitEmbedder` the gallery must have been built with (``None``:
+                no check; a gallery without identity passes).
+
+        Raises:
+            GalleryFileError (a ValueError): missing, truncated, corrupt or malformed file (named).
+            GalleryMismatchError (a ValueError): built with another model or input size than ``expect``.
+        """
+        from .gallery_io import load_gallery
+
+        return load_gallery(path, expect)
 
 
 def _probe_array(probe: Any) -> np.ndarray:

@@ -102,8 +102,9 @@ def build_optimizer(params, optim: OptimConfig) -> torch.optim.Optimizer:
 
 
 def prepare_run(cfg: ExperimentConfig, out_dir: Path, progress: bool):
-    """Start a run: distributed context, threads, seed, ``out_dir/config.yaml`` (rank 0), the store (imported
-    once, by rank 0, while the other ranks wait) and the subject split.
+    """Start a run: distributed context, threads, seed, ``out_dir/config.yaml`` (rank 0; data paths relative to
+    ``out_dir``), the store (imported once, by rank 0, while the other ranks wait) and the subject split. Check a
+    resumed folder first (:func:`qgait.workflows.resume.check_resume`): this writes its ``config.yaml``.
 
     Returns:
         ``(ctx, store, split)``; the caller must call :func:`qgait.engine.distributed.cleanup` on ``ctx``.
@@ -116,14 +117,27 @@ def prepare_run(cfg: ExperimentConfig, out_dir: Path, progress: bool):
     ctx = init_distributed()
     set_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
-    if ctx.is_main:
+    if ctx.is_main:  # data paths relative to the run folder: the file reads the same on any checkout
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(dump_config(cfg), sort_keys=False))
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(dump_config(cfg, relative_to=out_dir), sort_keys=False))
     store = open_or_build_store(cfg.data, progress) if ctx.is_main else None
     if ctx.distributed:
         torch.distributed.barrier()
         store = store or open_or_build_store(cfg.data, False)
     return ctx, store, split_subjects(store, cfg.data)
+
+
+def print_summary(res: dict, full_report: str | Path | None = None) -> None:
+    """Print an evaluation for the terminal: its rank-1 summary table (NM / BG / CL / mean) and the file with the
+    full tables (per probe view, view x view per set); without ``full_report``, the full report itself."""
+    from ..evaluation.report import format_cross_view
+
+    text = format_cross_view(res)
+    if full_report is None:
+        print(text)
+        return
+    head = text.split("\n### ", 1)[0].rstrip()
+    print(f"{head}\n\nFull tables (rank-1 per probe view, view x view per set): {full_report}\n")
 
 
 def set_threads(threads: int | None) -> None:

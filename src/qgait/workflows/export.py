@@ -8,6 +8,7 @@ from typing import Any
 
 from ..engine.checkpoint import load_inference_model
 from .common import log
+from .outputs import check_outputs, staged
 
 __all__ = ["export_checkpoint"]
 
@@ -25,6 +26,8 @@ def _calibration(calib_store: str | Path | None, size, sequences: int, frames: i
     from ..export.ort_ptq import store_calibration_batches
 
     store = SequenceStore.open(calib_store)
+    if subjects:
+        store.check_known(subjects=subjects)
     return store_calibration_batches(store, subjects, size, sequences=sequences, frames=frames)
 
 
@@ -44,6 +47,7 @@ def export_checkpoint(
     conv_kernel: str = "qlinear",
     match_bias: bool = True,
     float_weights: bool = False,
+    overwrite: bool = False,
 ) -> dict:
     """Export a ``model.pt`` (``qgait-model`` or ``qgait-quant-model``) for deployment.
 
@@ -59,21 +63,29 @@ def export_checkpoint(
     - ``fmt="pt2e"``: a ``torch.export`` ``.pt2`` program: the learned-step PT2E int8 graph of a quantized model,
       the PT2E-calibrated int8 graph of an FP model with ``int8`` (needs ``calib_store``), else the FP graph.
 
+    ``output`` may be a file or an existing folder (the default file name is written into it). The files are
+    checked before any work (:func:`qgait.workflows.outputs.check_outputs`: never the checkpoint itself, an
+    existing file only with ``overwrite``) and written atomically.
+
     Returns:
         a report dict: ``output``, ``kind``, ``bytes``, ``checkpoint_bytes``, ``packed`` (if any) and details.
 
     Raises:
         CheckpointError: missing or corrupt checkpoint. ValueError: bad options, missing calibration store.
+        OutputError: an output is the checkpoint, or exists and ``overwrite`` is False.
     """
-    from ..export import export_onnx, export_qdq
-
     if fmt not in ("onnx", "pt2e"):
         raise ValueError(f"format must be 'onnx' or 'pt2e', got {fmt!r}")
     checkpoint = Path(checkpoint)
     model, meta = load_inference_model(checkpoint)
     size = tuple(int(v) for v in meta.get("input_size") or (64, 44))
     quantized = meta.get("kind") == "qgait-quant-model"
-    out = Path(output) if output is not None else _default_output(checkpoint, fmt, int8, quantized)
+    default = _default_output(checkpoint, fmt, int8, quantized)
+    out = Path(output) if output is not None else default
+    if out.is_dir():
+        out = out / default.name
+    final = [out] + ([out.with_suffix(".qgpack")] if pack_int4 else [])
+    check_outputs(final, [checkpoint], overwrite)
     info = {"model_name": meta.get("model_name"), "model_args": meta.get("model_args"),
             "checkpoint": checkpoint.name, "quant_config": meta.get("quant_config")}
     if pack_int4 and not quantized:
@@ -83,6 +95,23 @@ def export_checkpoint(
                          "store (--calib-store) of real silhouettes")
     calib = _calibration(calib_store, size, calib_sequences, calib_frames, calib_subjects) \
         if (int8 or quantized) else None
+    with staged(final) as tmp:
+        report = _export(model, tmp, size, quantized, fmt, int8, calib, info, requant, first_input, conv_kernel,
+                         match_bias, float_weights, ptq_method, pack_int4)
+    report["output"] = str(out)
+    if pack_int4:
+        report["packed"]["path"] = str(final[1])
+    report["checkpoint_bytes"] = checkpoint.stat().st_size
+    return report
+
+
+def _export(model, tmp: list[Path], size, quantized: bool, fmt: str, int8: bool, calib, info: dict, requant,
+            first_input: str, conv_kernel: str, match_bias: bool, float_weights: bool, ptq_method: str,
+            pack_int4: bool) -> dict:
+    """:func:`export_checkpoint`'s writing part, into the staged paths ``tmp`` (the model, then the .qgpack)."""
+    from ..export import export_onnx, export_qdq
+
+    out = tmp[0]
     report: dict[str, Any]
     if fmt == "onnx":
         if quantized:
@@ -105,8 +134,7 @@ def export_checkpoint(
         if pack_int4:
             from ..export.int4 import save_packed
 
-            packed = save_packed(out, out.with_suffix(".qgpack"))
-            report["packed"] = packed
+            report["packed"] = save_packed(out, tmp[1])
     else:
         from ..export.pt2e import pt2e_from_fp, pt2e_from_quantized, save_pt2
 
@@ -121,5 +149,4 @@ def export_checkpoint(
             gm, kind = model, "fp32-pt2"
         save_pt2(gm, out, size)
         report = {"output": str(out), "kind": kind, "bytes": out.stat().st_size, "input_size": list(size)}
-    report["checkpoint_bytes"] = checkpoint.stat().st_size
     return report

@@ -1,7 +1,11 @@
-"""The main job (``qgait run``): import CASIA-B once, train the CPU recipe, evaluate it, quantize it with
-QGait W4A4 (two stages + IDC), evaluate that, print the FP vs W4A4 table, then deploy: export the W4A4 model as
-an int8 QDQ ONNX model with its learned steps (and packed 4-bit weights), check its parity with the PyTorch
-fake-quantized model on the test subjects, and benchmark the FP32 and INT8 runtimes side by side.
+"""The main job (``qgait run``): import CASIA-B once, take the trained CPU-recipe FP model from the zoo (or train it
+with ``--retrain``), quantize it with QGait W4A4 (two stages + IDC), evaluate that, print the FP vs W4A4 summary,
+then deploy: export the W4A4 model as an int8 QDQ ONNX model with its learned steps (and packed 4-bit weights),
+check its parity with the PyTorch fake-quantized model on the test subjects, and benchmark the FP32 and INT8
+runtimes side by side.
+
+``--quick`` is a first look in minutes: the same FP model, QAT cut to 20 + 10 iterations, 5 test subjects and a
+short benchmark of four runtimes (:data:`QUICK_BENCH_VARIANTS`).
 """
 
 from __future__ import annotations
@@ -12,38 +16,60 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..config import ExperimentConfig, load_config
-from ..evaluation.report import format_comparison
+from ..evaluation.report import format_comparison, rank1_row
+from ..recipes import project_root, recipe_path
 from .common import log, open_or_build_store, split_subjects
 from .deploy import export_checkpoint, format_benchmark, parity_check, run_benchmark
 from .quantize import run_quantize
 from .train import run_train
 
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
+ZOO_FP = Path("zoo") / "gaitbase_casiab_cpu"
+"""The zoo folder of the trained CPU-recipe FP model (``model.pt``, ``results.json``), in the project folder."""
+
+QUICK_BENCH_VARIANTS = ("torch_fp32_eager", "ort_fp32", "ort_int8_qat", "ort_int8_given")
+"""The quick job's benchmark: PyTorch and ONNX Runtime FP32, the W8A8 int8 graph and the job's W4A4 export (the
+compiling variants, torch.compile and PT2E + inductor, cost minutes on a slow CPU and run in the full job)."""
 
 
-def recipe_path(name: str) -> Path:
-    """Path of a recipe shipped in the repository's ``configs/`` folder.
+def zoo_checkpoint() -> Path | None:
+    """``zoo/gaitbase_casiab_cpu/model.pt`` of the project folder (:func:`qgait.recipes.project_root`: the
+    repository checkout), or None where it is not there (qgait installed without its repository)."""
+    path = project_root() / ZOO_FP / "model.pt"
+    return path if path.is_file() else None
 
-    Raises:
-        FileNotFoundError: the folder is not there (qgait installed without its repository).
-    """
-    path = CONFIG_DIR / name
+
+def _zoo_results(fp_checkpoint: Path) -> tuple[dict | None, dict | None, Path | None]:
+    """The FP model's ``{NM, BG, CL, mean}``, ``embedding_stats`` and report path from the ``results.json`` beside
+    a zoo checkpoint (its evaluation on all 50 test subjects), or Nones."""
+    path = fp_checkpoint.parent / "results.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: recipe not found (run from a checkout of the qgait repository)")
-    return path
+        return None, None, None
+    res = json.loads(path.read_text())
+    md = path.with_suffix(".md")
+    return rank1_row(res), res.get("embedding_stats"), md if md.is_file() else path
 
 
 def run_main_job(quick: bool = False, data: str | Path | None = None, out_root: str | Path = "runs",
-                 progress: bool = True) -> dict:
-    """Import, train and evaluate the CPU recipe (``--quick``: the quick recipe); returns the summary.
+                 progress: bool = True, retrain: bool = False, fp_checkpoint: str | Path | None = None) -> dict:
+    """The main job (module docstring); returns the summary (also ``out_root/main_job_<cpu|quick>.json``).
 
     Args:
-        data: CASIA-B source folder (OpenGait pickles or per-subject archives); default: the config's.
+        data: CASIA-B source folder (OpenGait pickles or per-subject archives); default: the recipe's.
         out_root: folder that receives one run folder per stage.
+        retrain: train the FP model (``gaitbase_casiab_cpu``, or ``gaitbase_casiab_quick`` with ``quick``) instead
+            of starting from the zoo's checkpoint; also done, with a note, when the zoo is not there.
+        fp_checkpoint: start from this FP ``model.pt`` (a CPU-recipe model) instead of the zoo's.
+
+    Raises:
+        ValueError: both ``retrain`` and ``fp_checkpoint``.
+        ConfigError / CheckpointError / ValueError: see :func:`run_train`, :func:`run_quantize`,
+            :func:`run_deploy` (an FP checkpoint of another architecture or input size is refused before QAT).
     """
+    if retrain and fp_checkpoint is not None:
+        raise ValueError("--retrain trains the FP model, --from gives one: choose one of them")
     quick_or_cpu = "quick" if quick else "cpu"
-    cfg_path = recipe_path(f"gaitbase_casiab_{quick_or_cpu}.yaml")
-    q_path = recipe_path(f"qgait_w4a4_{quick_or_cpu}.yaml")
+    cfg_path = recipe_path(f"gaitbase_casiab_{quick_or_cpu}")
+    q_path = recipe_path(f"qgait_w4a4_{quick_or_cpu}")
     overrides = []
     if data is not None:
         data = Path(data).resolve()
@@ -52,22 +78,56 @@ def run_main_job(quick: bool = False, data: str | Path | None = None, out_root: 
     q_cfg = load_config(q_path, overrides)
     t0 = time.perf_counter()
     fp_dir, q_dir = Path(out_root) / cfg.name, Path(out_root) / q_cfg.name
-    log(f"[1/3] full-precision training: {cfg_path.name} -> {fp_dir}")
-    fp = run_train(cfg, fp_dir, progress=progress)
+    reports: dict[str, Path] = {}
+    fp_results = fp_stats = None
+    if fp_checkpoint is None and not retrain:
+        fp_checkpoint = zoo_checkpoint()
+        if fp_checkpoint is None:
+            log(f"no {ZOO_FP / 'model.pt'} in {project_root()} (qgait installed without its repository): the FP "
+                "model is trained first")
+        elif not quick:  # the zoo's evaluation is on the recipe's 50 test subjects; --quick evaluates on 5
+            fp_results, fp_stats, zoo_report = _zoo_results(Path(fp_checkpoint))
+            if zoo_report is not None:
+                reports["FP32"] = zoo_report
+    if fp_checkpoint is None:
+        log(f"[1/3] full-precision training: {cfg_path.name} -> {fp_dir}")
+        fp = run_train(cfg, fp_dir, progress=progress)
+        fp_results, fp_name = fp.get("eval"), f"{cfg.name} FP32"
+        qat_from, bench_fp = fp_dir / "last.pt", fp_dir / "model.pt"
+        if (fp_dir / "results.md").is_file():
+            reports["FP32"] = fp_dir / "results.md"
+    else:
+        fp_checkpoint = Path(fp_checkpoint)
+        log(f"[1/3] full-precision model: {fp_checkpoint} (trained; `qgait run --retrain` trains it again)")
+        fp = {"checkpoint": str(fp_checkpoint), "eval": fp_results}
+        fp_name = f"{fp_checkpoint.parent.name} FP32"
+        qat_from = bench_fp = fp_checkpoint
     log(f"[2/3] QGait W4A4 (stage 1 LSQ + IDC, stage 2 soft quantizer + IDC): {q_path.name} -> {q_dir}")
-    q = run_quantize(q_cfg, fp_dir / "last.pt", q_dir, progress=progress, fp_results=fp.get("eval"))
+    q = run_quantize(q_cfg, qat_from, q_dir, progress=progress, fp_results=fp_results, fp_embedding_stats=fp_stats)
+    if fp_results is None:  # evaluated by the QAT run on its test subjects
+        fp["eval"] = q["stages"].get("fp")
+        reports["FP32"] = q_dir / "fp_results.md"
     summary = {"fp": fp, "qgait_w4a4": q}
-    table = {f"{cfg.name} FP32": fp.get("eval", {})}
+    table = {fp_name: fp.get("eval") or {}}
     table.update({f"{q_cfg.name} {k}": v for k, v in q["stages"].items() if k != "fp"})
+    for stage in ("stage1", "stage2"):
+        if (q_dir / f"{stage}_results.md").is_file():
+            reports[f"W4A4 {stage}"] = q_dir / f"{stage}_results.md"
     summary["table"] = format_comparison(table)
     print("\n## CASIA-B rank-1 (%), FP vs W4A4\n\n" + summary["table"])
+    print("Full tables (rank-1 per probe view, view x view per set): "
+          + "; ".join(f"{k} {v}" for k, v in reports.items()) + "\n")
     log(f"[3/3] deployment: int8 export of {q_dir / 'model.pt'}, parity on the test subjects, benchmark")
-    deploy = run_deploy(q_cfg, fp_dir / "model.pt", q_dir / "model.pt", Path(out_root) / "deploy", quick, progress)
+    deploy = run_deploy(q_cfg, bench_fp, q_dir / "model.pt", Path(out_root) / "deploy", quick, progress,
+                        bench_variants=QUICK_BENCH_VARIANTS if quick else None)
     summary["deploy"] = deploy
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
     print("\n## int8 export: parity with the PyTorch fake-quantized model\n\n" + deploy["parity_table"])
     print("\n## FP32 vs INT8 runtimes\n\n" + deploy["bench_table"])
-    (Path(out_root) / f"main_job_{quick_or_cpu}.json").write_text(json.dumps(summary, indent=2))
+    out = Path(out_root) / f"main_job_{quick_or_cpu}.json"
+    out.write_text(json.dumps(summary, indent=2, default=str))
+    print(f"Summary, deployment report and benchmark: {out}, {Path(out_root) / 'deploy'} "
+          f"({summary['wall_seconds'] / 60:.1f} min)")
     return summary
 
 
@@ -91,7 +151,8 @@ def run_deploy(cfg: ExperimentConfig, fp_checkpoint: str | Path, q_checkpoint: s
                quick: bool = False, progress: bool = True, bench_variants: Sequence[str] | None = None) -> dict:
     """The deployment step of the main job (issue 4): export, parity, benchmark.
 
-    1. ``q_checkpoint`` (a ``qgait-quant-model``) -> ``out_dir/<name>.int8.onnx``: int8 QDQ with the learned steps
+    1. ``q_checkpoint`` (a ``qgait-quant-model``) -> ``out_dir/<name>.int8.onnx`` (replaced if there: the folder
+       is the job's): int8 QDQ with the learned steps
        and the export defaults (:func:`qgait.export.export_qdq`; residual requantization, calibrated on real
        training sequences of ``cfg``'s store, only for 8-bit activation grids); with weights of 4 bits or fewer
        also the packed ``.qgpack``.
@@ -114,7 +175,7 @@ def run_deploy(cfg: ExperimentConfig, fp_checkpoint: str | Path, q_checkpoint: s
     split = split_subjects(store, cfg.data)
     pack = cfg.quant is not None and cfg.quant.config.weight_bits <= 4
     export = export_checkpoint(q_checkpoint, out_dir / f"{cfg.name}.int8.onnx", calib_store=store.path,
-                               calib_subjects=split.train_subjects, pack_int4=pack)
+                               calib_subjects=split.train_subjects, pack_int4=pack, overwrite=True)
     log(f"exported {export['output']} ({export['bytes'] / 1e6:.2f} MB); parity on {len(split.test_subjects)} "
         "test subjects")
     parity = parity_check(q_checkpoint, export["output"], store, split.test_subjects, size=cfg.data.input_size,

@@ -11,7 +11,7 @@ import torch
 
 from ..engine.checkpoint import load_inference_model
 from ..evaluation.report import rank1_row
-from .common import log
+from .common import log, print_summary
 
 __all__ = ["parity_check", "evaluate_onnx"]
 
@@ -102,13 +102,16 @@ def evaluate_onnx(
 
     Give either an experiment config ``cfg`` (its store, test subjects, input size, protocol, metric, frame cap)
     or ``store`` + ``subjects`` (+ ``size``, default the model's input size). Explicit arguments override the
-    config. Writes ``out_dir/name.json|md`` when ``out_dir`` is given and prints the table.
+    config. Writes ``out_dir/name.json|md`` when ``out_dir`` is given and prints the rank-1 summary and that file's
+    path (without ``out_dir``: the full tables).
+
+    Frames are resized to the model's input size; a config's other size is overridden (with a note).
 
     Raises:
         ValueError: neither a config nor a store and subjects; the model's input size differs from ``size``.
     """
     from ..data.store import SequenceStore
-    from ..evaluation.report import format_cross_view, write_results
+    from ..evaluation.report import write_results
     from ..evaluation.runner import evaluate_on_store
     from ..runtime import GaitEmbedder
 
@@ -118,7 +121,10 @@ def evaluate_onnx(
 
         store = store if store is not None else open_or_build_store(cfg.data, progress)
         subjects = subjects or split_subjects(store, cfg.data).test_subjects
-        size = size or tuple(cfg.data.input_size)
+        if size is None and tuple(cfg.data.input_size) != tuple(emb.input_size):  # the model's own size wins
+            log(f"note: {path} takes {emb.input_size[0]}x{emb.input_size[1]} frames; evaluating at that size, "
+                f"not at the config's {cfg.data.input_size[0]}x{cfg.data.input_size[1]}")
+        size = size or tuple(emb.input_size)
         protocol = protocol or cfg.eval.protocol
         metric = metric or cfg.eval.metric
         max_frames = max_frames or cfg.data.test_max_frames
@@ -134,7 +140,6 @@ def evaluate_onnx(
     res = evaluate_on_store(emb, store, subjects, size, protocol or "casia-b", metric or "euc", max_frames or 720,
                             "cpu", progress)
     res["model"] = str(path)
-    if out_dir is not None:
-        write_results(res, out_dir, name)
-    print(format_cross_view(res))
+    md = write_results(res, out_dir, name)[1] if out_dir is not None else None
+    print_summary(res, md)
     return res

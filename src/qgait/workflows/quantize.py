@@ -37,6 +37,7 @@ from ..models import GaitWithHead
 from ..quant import alpha_at, calibrate_, quant_summary, quantize_, set_alpha_, set_rounding_, step_parameters
 from .common import build_losses, build_network, evaluate_with_stats, log, prepare_run
 from .distill import KD_TERMS, combine_outputs, load_teachers, prepare_distillation
+from .resume import check_resume
 from .train import make_train_batches
 
 
@@ -45,9 +46,15 @@ def load_fp_network(path: str | Path, cfg: ExperimentConfig, num_classes: int) -
     ``model.pt`` (its ``head_state_dict`` if saved; otherwise the head starts fresh).
 
     Raises:
-        CheckpointError: missing/corrupt file, or weights that do not fit ``cfg``'s model.
+        CheckpointError: missing/corrupt file, weights that do not fit ``cfg``'s model, or a model trained at
+            another input size than ``cfg``'s.
     """
     ck = load_checkpoint(path)
+    size = ck.get("input_size") or ((ck.get("config") or {}).get("data") or {}).get("input_size")
+    if size and tuple(int(v) for v in size) != tuple(cfg.data.input_size):
+        raise CheckpointError(f"{path}: trained on {size[0]}x{size[1]} frames, the config {cfg.name!r} trains at "
+                              f"{cfg.data.input_size[0]}x{cfg.data.input_size[1]}; use a config of the same input "
+                              f"size (or --set data.input_size=[{size[0]},{size[1]}])")
     net = build_network(cfg, num_classes)
     try:
         if ck.get("kind") == "qgait-train":
@@ -125,14 +132,18 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
     Raises:
         ValueError: the config has no ``quant`` section, ``stage1_from``'s stage 1 is unfinished, or a teacher is
             refused (:func:`qgait.workflows.distill.check_teacher`).
-        CheckpointError: the FP checkpoint cannot be loaded into the config's model, or ``stage1_from`` has no
-            readable ``stage1_last.pt``.
+        ResumeMismatch: ``out_dir`` holds a run of another architecture or data
+            (:func:`qgait.workflows.resume.check_resume`; other changed settings are logged and recorded in the
+            summary as ``config_changes_on_resume``).
+        CheckpointError: the FP checkpoint cannot be loaded into the config's model or was trained at another
+            input size, or ``stage1_from`` has no readable ``stage1_last.pt``.
     """
     if cfg.quant is None:
         raise ValueError(f"config {cfg.name!r} has no quant section")
     q = cfg.quant
     out_dir = Path(out_dir)
     kd_teachers = load_teachers(teachers) if teachers else []
+    changes = check_resume(cfg, out_dir)  # before anything in out_dir is written
     if stage1_from is not None:
         reuse_stage1(stage1_from, out_dir, q.stage1.iterations)
     ctx, store, split = prepare_run(cfg, out_dir, progress)
@@ -150,6 +161,7 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
         summary: dict = {
             "name": cfg.name, "fp_checkpoint": str(fp_checkpoint), "stages": {}, "seconds": {},
             **({"teachers": [str(t) for t in teachers]} if kd_teachers else {}),
+            **({"config_changes_on_resume": changes} if changes else {}),
             "bits": f"W{q.config.weight_bits}A{q.config.act_bits}", "quantizer": q.config.quantizer,
             "iterations": 0 if q.config.quantizer == "ptq"
             else q.calib_only.iterations + q.stage1.iterations + q.stage2.iterations,

@@ -16,9 +16,10 @@ from ..engine.checkpoint import save_inference_model
 from ..engine.distributed import DistContext, cleanup
 from ..engine.schedule import lr_at
 from ..engine.trainer import Trainer
-from ..evaluation.report import format_cross_view, rank1_row, write_results
+from ..evaluation.report import rank1_row, write_results
 from ..evaluation.runner import evaluate_on_store
-from .common import build_losses, build_network, build_optimizer, log, prepare_run
+from .common import build_losses, build_network, build_optimizer, log, prepare_run, print_summary
+from .resume import check_resume
 
 
 def make_train_batches(cfg: ExperimentConfig, store, subjects, ctx: DistContext) -> TrainBatches:
@@ -48,7 +49,13 @@ def run_train(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = True, p
               evaluate: bool = True) -> dict:
     """Train ``cfg`` into ``out_dir`` (resuming from ``out_dir/last.pt``), save ``model.pt``, evaluate.
 
-    Returns a summary dict: wall time, iterations, and the evaluation result (rank-1 per set, mean).
+    Returns a summary dict (also ``out_dir/summary.json``): wall time, iterations, ``resumed_from`` (the iteration
+    this invocation started at), the settings changed on resume if any, and the evaluation result (rank-1 per
+    set, mean; the terminal gets that summary and the path of the full tables, ``out_dir/results.md``).
+
+    Raises:
+        ResumeMismatch: ``out_dir`` holds a run of another architecture or data (checked before anything there is
+            written; :func:`qgait.workflows.resume.check_resume`).
     """
     return train_model(cfg, out_dir, resume=resume, progress=progress, evaluate=evaluate)
 
@@ -68,6 +75,7 @@ def train_model(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = True,
         extra_meta: added to ``model.pt`` and the summary (JSON-able: strings, numbers, lists).
     """
     out_dir = Path(out_dir)
+    changes = check_resume(cfg, out_dir) if resume else []
     ctx, store, split = prepare_run(cfg, out_dir, progress)
     try:
         batches = make_train_batches(cfg, store, split.train_subjects, ctx)
@@ -90,11 +98,12 @@ def train_model(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = True,
             config=dump_config(cfg), progress=progress, tag=tag,
         )
         t0 = time.perf_counter()
-        start = trainer.iteration
         evals = trainer.fit(resume=resume)
         wall = time.perf_counter() - t0
-        summary: dict = {"name": cfg.name, "iterations": cfg.train.iterations, "resumed_from": start,
+        summary: dict = {"name": cfg.name, "iterations": cfg.train.iterations, "resumed_from": trainer.resumed_from,
                          "train_seconds_this_run": round(wall, 1), "periodic_eval": evals, **(extra_meta or {})}
+        if changes:
+            summary["config_changes_on_resume"] = changes
         if not ctx.is_main:
             return summary
         model_path = save_inference_model(
@@ -112,9 +121,9 @@ def train_model(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = True,
             )
             res["eval_seconds"] = round(time.perf_counter() - t1, 1)
             res["model"] = f"{cfg.name} ({label})"
-            write_results(res, out_dir, "results")
+            _, md = write_results(res, out_dir, "results")
             summary["eval"] = rank1_row(res)
-            print(format_cross_view(res))
+            print_summary(res, md)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
     finally:

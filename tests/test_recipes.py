@@ -1,0 +1,106 @@
+"""The recipes ship in the package (issue 16, item 3): one copy in ``qgait/configs`` (the repository's ``configs/``
+links to it), read through ``importlib.resources``, named by their stems, every one loads and builds its model,
+the package data of the wheel covers them, and the zoo's configs carry no machine's absolute paths."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from qgait import recipes
+from qgait.config import ConfigError, dump_config, load_config
+from qgait.workflows.common import build_network
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGED = sorted(p.name for p in resources.files("qgait").joinpath("configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def test_recipes_are_package_data_and_the_repository_folder_is_the_same_files():
+    assert len(PACKAGED) >= 9 and "gaitbase_casiab_cpu.yaml" in PACKAGED
+    assert recipes.recipe_names() == sorted(n[:-5] for n in PACKAGED)
+    for name in PACKAGED:  # configs/X.yaml and qgait/configs/X.yaml: one file, not a copy kept in sync
+        assert os.path.samefile(REPO / "configs" / name, recipes.recipe_dir() / name)
+    globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["qgait"]
+    shipped = {p.relative_to(REPO / "src" / "qgait") for g in globs for p in (REPO / "src" / "qgait").glob(g)}
+    assert {Path("configs") / n for n in PACKAGED} <= shipped  # what the wheel takes
+
+
+@pytest.mark.parametrize("name", PACKAGED)
+def test_every_recipe_loads_by_name_and_builds_its_model(name):
+    cfg = load_config(name[:-5])  # the stem, as `qgait train gaitbase_casiab_cpu`
+    assert dump_config(cfg) == dump_config(load_config(REPO / "configs" / name))
+    net = build_network(cfg, num_classes=74).eval()
+    h, w = cfg.data.input_size
+    with torch.no_grad():
+        out = net.model(torch.rand(1, 2, h, w))
+    assert out.ndim == 3 and out.shape[0] == 1
+
+
+def test_gaitset_recipes_do_not_inherit_gaitbase_arguments():
+    for name in ("gaitset_casiab", "gaitset_casiab_cpu"):
+        cfg = load_config(name)
+        assert cfg.model.name == "gaitset" and "strides" not in cfg.model.args
+        assert cfg.data.source == load_config("gaitbase_casiab").data.source  # the rest is still inherited
+
+
+def test_a_model_of_another_name_drops_the_base_args_only(tmp_path):
+    p = tmp_path / "mine.yaml"
+    p.write_text("base: gaitbase_casiab_cpu\nname: mine\nmodel: {name: gaitset, args: {width: 0.25}}\n")
+    cfg = load_config(p)  # base given as a recipe name from a config outside the repository
+    assert cfg.model.args == {"width": 0.25} and cfg.data.input_size == (32, 22)
+    p.write_text("base: gaitbase_casiab_cpu\nname: mine\nmodel: {name: gaitbase, args: {embed_dim: 64}}\n")
+    assert load_config(p).model.args["strides"] == [1, 2, 2, 1]  # same model: merged as before
+
+
+def test_recipe_data_paths_read_against_the_project_folder(tmp_path, monkeypatch):
+    cfg = load_config("gaitbase_casiab_cpu")
+    assert cfg.data.store == REPO / "stores" / "casia-b-44"  # in a checkout: the repository
+    assert cfg.data.source == (REPO / ".." / "shared" / "data" / "casia-b").resolve()
+    monkeypatch.setattr(recipes, "_checkout_root", lambda: None)  # an installed wheel: the working directory
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("gaitbase_casiab_cpu")
+    assert cfg.data.store == tmp_path.resolve() / "stores" / "casia-b-44"
+
+
+def test_unknown_recipe_lists_the_shipped_ones():
+    with pytest.raises(ConfigError, match="gaitbase_casiab_cpu"):
+        load_config("gaitbase_casiab_gpu")
+
+
+ZOO_CONFIGS = sorted(REPO.glob("zoo/**/config.yaml"))
+
+
+def _strings(node):
+    if isinstance(node, dict):
+        for v in node.values():
+            yield from _strings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _strings(v)
+    elif isinstance(node, str):
+        yield node
+
+
+@pytest.mark.parametrize("path", ZOO_CONFIGS, ids=lambda p: str(p.relative_to(REPO)))
+def test_zoo_configs_carry_no_absolute_path_and_load_anywhere(path):
+    raw = yaml.safe_load(path.read_text())
+    assert not [s for s in _strings(raw) if s.startswith("/") or s.startswith("~")], path
+    cfg = load_config(path)  # relative to the zoo folder: the repository's stores, the data beside it
+    assert cfg.data.store.parent == REPO / "stores"
+    assert cfg.data.source == (REPO / ".." / "shared" / "data" / "casia-b").resolve()
+
+
+def test_run_config_is_written_relative_to_the_run_folder(tmp_path):
+    cfg = load_config("gaitbase_casiab_cpu", [f"data.store={tmp_path / 'stores' / 's'}"])
+    run = tmp_path / "runs" / "x"
+    run.mkdir(parents=True)
+    dumped = dump_config(cfg, relative_to=run)
+    assert dumped["data"]["store"] == "../../stores/s"
+    (run / "config.yaml").write_text(yaml.safe_dump(dumped))
+    assert load_config(run / "config.yaml").data.store == (tmp_path / "stores" / "s").resolve()
