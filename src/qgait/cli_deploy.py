@@ -91,8 +91,37 @@ def _cmd_embed(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_identify_stream(a: argparse.Namespace) -> int:
+    from .workflows.deploy import identify_stream
+
+    if a.save_gallery is not None:
+        raise ValueError("--stream does not save a gallery (build it with qgait enroll, then pass it as --gallery)")
+
+    def show(probe: dict, u: dict) -> None:
+        if a.json:
+            return
+        if u["frames"] <= a.every:
+            print(f"probe {probe['source']} (subject {probe['subject'] or 'unknown'}), frame by frame:")
+        margin = f", margin {u['margin']:.4f}" if u["margin"] is not None else ""
+        print(f"  {u['frames']:4d} frames: {u['label']}  distance {u['distance']:.4f}{margin}"
+              + ("  (firm)" if u["firm"] else ""), flush=True)
+
+    res = identify_stream(
+        a.model, a.gallery, a.probe, every=a.every, firm_after=a.firm_after, gallery_subjects=a.gallery_subjects,
+        gallery_conditions=a.gallery_conditions, gallery_views=a.gallery_views, probe_subjects=a.probe_subjects,
+        probe_conditions=a.probe_conditions, probe_views=a.probe_views, metric=a.metric, max_frames=a.max_frames,
+        threads=a.threads, progress=not a.quiet, check=not a.no_silhouette_check, on_update=show,
+    )
+    if a.json:
+        print(json.dumps(res, indent=1))
+    return 0
+
+
 def _cmd_identify(a: argparse.Namespace) -> int:
     from .workflows.deploy import identify_sequences
+
+    if a.stream:
+        return _cmd_identify_stream(a)
 
     res = identify_sequences(
         a.model, a.gallery, a.probe, a.top_k, gallery_subjects=a.gallery_subjects,
@@ -240,6 +269,12 @@ def add_deploy_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-frames", type=int, default=720, help="frames per sequence cap (default 720)")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
     _silhouette_check(p)
+    p.add_argument("--stream", action="store_true",
+                   help="identify frame by frame: push each probe's frames in order into a streaming embedder "
+                   "and print the decision every --every frames as it firms up")
+    p.add_argument("--every", type=int, default=5, help="with --stream: frames between decisions (default 5)")
+    p.add_argument("--firm-after", type=int, default=3,
+                   help="with --stream: a decision is firm after this many updates with the same label (default 3)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_identify)

@@ -125,3 +125,49 @@ def test_every_option_has_help():
         for action in p._actions:
             if action.dest != "help":
                 assert action.help, f"{name} {action.dest} has no help text"
+
+
+class MaxGEI(nn.Module):
+    """A streamable GEI: 4x4 average pooling per frame, then a max over frames (GaitBase's temporal pooling)."""
+
+    def forward(self, silhouettes: torch.Tensor) -> torch.Tensor:
+        g = F.avg_pool2d(silhouettes, 4).amax(dim=1)  # [n, 16, 11]
+        return g.transpose(1, 2)  # [n, c=11, p=16]
+
+
+def test_identify_stream_ends_where_whole_sequence_identification_does(small_store, tmp_path, capsys):
+    from qgait.export import export_onnx
+
+    model = export_onnx(MaxGEI(), tmp_path / "maxgei.onnx", (64, 44)).path
+    probe = ["--probe", small_store.path, "--probe-subjects", "075,076", "--probe-conditions", "nm-05",
+             "--probe-views", "090"]
+    rc, out, err = _run(["identify", model, "--gallery", small_store.path, *GALLERY, *probe, "--top-k", "2",
+                         "--json", "--quiet"], capsys)
+    assert rc == 0, err
+    whole = json.loads(out)
+    rc, out, err = _run(["identify", model, "--gallery", small_store.path, *GALLERY, *probe, "--stream",
+                         "--every", "7", "--firm-after", "2", "--json", "--quiet"], capsys)
+    assert rc == 0, err
+    streamed = json.loads(out)
+    assert len(streamed) == len(whole) == 2
+    for s, w in zip(streamed, whole):
+        n = s["updates"][-1]["frames"]
+        assert len(s["updates"]) == -(-n // 7)  # one decision every 7 frames and one at the last frame
+        assert [u["frames"] for u in s["updates"]][:2] == [7, 14]
+        # the last decision is the whole sequence's: same label, same distance (float tolerance)
+        assert s["final"]["label"] == w["top"][0][0]
+        assert s["final"]["distance"] == pytest.approx(w["top"][0][1], rel=1e-5)
+        assert s["final"]["margin"] == pytest.approx(w["top"][1][1] - w["top"][0][1], rel=1e-4, abs=1e-6)
+        labels = [u["label"] for u in s["updates"]]
+        firm_ok = len(labels) >= 2 and labels[-1] == labels[-2]
+        assert (s["firm_at"] is not None) == firm_ok
+    # text output: a line per decision, and a model that cannot be streamed is refused in one line
+    rc, out, err = _run(["identify", model, "--gallery", small_store.path, *GALLERY, *probe[:2],
+                         "--probe-subjects", "075", "--probe-conditions", "nm-05", "--probe-views", "090",
+                         "--stream", "--every", "10", "--quiet"], capsys)
+    assert rc == 0, err
+    assert "frame by frame" in out and "  10 frames: " in out
+    gei = export_onnx(GEI(), tmp_path / "gei.onnx", (64, 44)).path
+    rc, out, err = _run(["identify", gei, "--gallery", small_store.path, *GALLERY, *probe, "--stream", "--quiet"],
+                        capsys)
+    assert rc == 2 and "max over the frame axis" in err

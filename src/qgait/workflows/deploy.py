@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from .bench import BENCH_MODELS, BENCH_VARIANTS, format_benchmark, run_benchmark
 from .export import export_checkpoint
-from .identify import SequenceItem, build_gallery, collect_sequences, embed_sequences, identify_sequences
+from .identify import (SequenceItem, build_gallery, collect_sequences, embed_sequences, identify_sequences,
+                       identify_stream)
 from .parity import evaluate_onnx, parity_check
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "embed_sequences",
     "build_gallery",
     "identify_sequences",
+    "identify_stream",
     "BENCH_MODELS",
     "BENCH_VARIANTS",
     "run_benchmark",

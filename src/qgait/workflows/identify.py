@@ -280,3 +280,70 @@ def identify_sequences(model: str | Path, gallery_sources, probe_sources, top_k:
     pe = embed_sequences(emb, probes, max_frames, progress, check)
     ranks = identify_many(pe, gallery, top_k, metric)
     return [{"probe": p.describe(), "top": r} for p, r in zip(probes, ranks)]
+
+
+def identify_stream(model: str | Path, gallery_sources, probe_sources, *, every: int = 5, firm_after: int = 3,
+                    gallery_subjects=None, gallery_conditions=None, gallery_views=None, probe_subjects=None,
+                    probe_conditions=None, probe_views=None, metric: str = "euc", max_frames: int = 720,
+                    threads: int | None = None, progress: bool = False, check: bool = True,
+                    on_update=None) -> list[dict]:
+    """Identify probes frame by frame (issue 17): each probe sequence's frames are pushed in order into a
+    :class:`qgait.runtime.StreamingEmbedder` over the exported model, and every ``every`` frames (and at the
+    last) the current embedding is ranked against the gallery.
+
+    A decision is *firm* once the top-1 label has stayed the same for ``firm_after`` consecutive updates; it stops
+    being firm when the label changes.
+
+    Args:
+        on_update: called with ``(probe_description, update)`` after every update (the CLI prints it).
+
+    Returns:
+        one dict per probe: ``{"probe": {...}, "updates": [{"frames", "label", "distance", "margin", "firm"},
+        ...], "final": the last update, "firm_at": frames at which the final label became firm (None: not firm)}``;
+        ``margin`` is the distance gap between the top-1 label and the runner-up (None with one label).
+
+    Raises:
+        ValueError: ``every`` or ``firm_after`` below 1; see :func:`identify_sequences` for the sources.
+        TemporalSplitError: a model that cannot be streamed (frames mixed before its temporal max).
+    """
+    from ..data.plausible import silhouette_problem
+    from ..runtime import GaitEmbedder, StreamingEmbedder, identify
+
+    if every < 1 or firm_after < 1:
+        raise ValueError(f"every and firm_after must be at least 1, got {every} and {firm_after}")
+    probes = collect_sequences(list(probe_sources), probe_subjects, probe_conditions, probe_views)
+    emb = GaitEmbedder(model, threads=threads)
+    stream = StreamingEmbedder.from_onnx(model, threads=threads)
+    gallery = build_gallery(emb, list(gallery_sources), gallery_subjects, gallery_conditions, gallery_views,
+                            max_frames, progress, check)
+    out = []
+    for p in probes:
+        frames = p.frames(max_frames)
+        problem = silhouette_problem(frames) if check else None
+        if problem:
+            raise ValueError(f"{p.source}: does not look like a silhouette sequence: {problem} "
+                             "(--no-silhouette-check streams it anyway)")
+        stream.reset()
+        updates, run, last, firm_at = [], 0, None, None
+        for t in range(len(frames)):
+            try:
+                stream.push(frames[t])
+            except ValueError as exc:
+                raise ValueError(f"{p.source}, frame {t}: {exc}") from exc
+            if (t + 1) % every and t + 1 != len(frames):
+                continue
+            top = identify(stream.embedding(), gallery, top_k=2, metric=metric)
+            label, dist = top[0]
+            run = run + 1 if label == last else 1
+            last = label
+            if run == 1:
+                firm_at = None  # the label changed: not firm (any more)
+            if run == firm_after:
+                firm_at = t + 1
+            upd = {"frames": t + 1, "label": label, "distance": dist,
+                   "margin": top[1][1] - dist if len(top) > 1 else None, "firm": run >= firm_after}
+            updates.append(upd)
+            if on_update is not None:
+                on_update(p.describe(), upd)
+        out.append({"probe": p.describe(), "updates": updates, "final": updates[-1], "firm_at": firm_at})
+    return out
