@@ -12,7 +12,8 @@ Usage::
     python benchmarks/bench_deploy.py --quick --models cpu  # a fast smoke run
     python benchmarks/bench_deploy.py --store stores/casia-b --output-dir runs/bench_deploy
 
-Same as ``qgait bench``; writes ``bench_deploy.json`` / ``bench_deploy.md`` with ``--output-dir``.
+Same as ``qgait bench``; writes ``bench_deploy.json`` / ``bench_deploy.md`` to ``--output-dir``, by default a new
+folder ``results/bench/bench_deploy_<date>_<cpu>[_<k>]/`` (an earlier run is never overwritten).
 """
 
 from __future__ import annotations
@@ -23,8 +24,13 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     from qgait.cli_deploy import build_deploy_parser
 
+    from _record import record_path  # benchmarks/_record.py
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not any(a == "--output-dir" or a.startswith("--output-dir=") for a in argv):
+        argv += ["--output-dir", str(record_path("bench_deploy").with_suffix(""))]
     parser = build_deploy_parser()
-    args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
+    args = parser.parse_args(["bench", *argv])
     return args.func(args)
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import statistics
 import time
@@ -41,12 +40,10 @@ from qgait.evaluation.extract import extract_embeddings
 from qgait.quant import frozen_for_inference
 from qgait.runtime.cpu import cpu_info
 
+from _record import slug  # benchmarks/_record.py
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_QUANT = ("zoo/ablation/lsq_w3a3/model.pt", "zoo/ablation/qgait_w4a4_output_quant/model.pt")
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", re.sub(r"\(r\)|\(tm\)", "", text.lower())).strip("-")[:60] or "cpu"
 
 
 def _sequences(store: SequenceStore, partition: str, protocol: str, n_subjects: int) -> tuple[list[str], list[int]]:
@@ -140,7 +137,7 @@ def main() -> None:
     }
     a.out_dir.mkdir(parents=True, exist_ok=True)
     policy = f"_omp-{out['omp_wait_policy'].lower()}" if out["omp_wait_policy"] else ""
-    path = a.out_dir / f"eval_cost_{out['date']}_{_slug(cpu['model'])}_t{a.threads}{policy}.json"
+    path = a.out_dir / f"eval_cost_{out['date']}_{slug(cpu['model'])}_t{a.threads}{policy}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {path}")
 

@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _record import write_record  # benchmarks/_record.py
+
 CASIA_B = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "casia-b"
 
 
@@ -33,7 +35,9 @@ def main() -> None:
         wall = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     print(out.strip())
-    print(json.dumps({"wall_s": round(wall, 1), "peak_rss_gb": round(peak, 2)}, indent=2))
+    res = {"wall_s": round(wall, 1), "peak_rss_gb": round(peak, 2)}
+    print(json.dumps(res, indent=2))
+    write_record("import_store", res)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ from qgait.quant.quantizers import compiled_kernels_enabled, set_compiled_kernel
 from qgait.workflows.common import build_losses, build_network, open_or_build_store, split_subjects
 from qgait.workflows.train import make_train_batches
 
+from _record import write_record  # noqa: E402 (benchmarks/_record.py)
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -90,6 +92,7 @@ def main() -> None:
     res["bits"] = f"W{cfg.quant.config.weight_bits}A{cfg.quant.config.act_bits}"
     res["threads"] = torch.get_num_threads()
     print(json.dumps(res, indent=2))
+    write_record("qat_step", res, threads=torch.get_num_threads())
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ from qgait.data.store import SequenceStore, build_store
 
 CASIA_B = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "casia-b"
 
+from _record import write_record  # benchmarks/_record.py
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -75,6 +77,7 @@ def main() -> None:
            "store_frames_per_s": round(fps_store), "pickle_frames_per_s": round(fps_pickle),
            "speedup": round(fps_store / fps_pickle, 1)}
     print(json.dumps(res, indent=2))
+    write_record("store_throughput", res)
 
 
 if __name__ == "__main__":

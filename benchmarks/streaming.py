@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -37,13 +36,11 @@ from qgait.runtime import GaitEmbedder
 from qgait.runtime.cpu import cpu_info
 from qgait.runtime.streaming import StreamingEmbedder
 
+from _record import slug  # benchmarks/_record.py
+
 REPO = Path(__file__).resolve().parents[1]
 ZOO_FP = REPO / "zoo" / "gaitbase_casiab_cpu" / "model.pt"
 FULL = {"width": 1.0, "strides": [1, 2, 2, 1], "bins": [16], "embed_dim": 256}
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", re.sub(r"\(r\)|\(tm\)", "", text.lower())).strip("-")[:60] or "cpu"
 
 
 def _build(name: str, model: torch.nn.Module, size: tuple[int, int], calib: list[torch.Tensor], d: Path) -> dict:
@@ -137,7 +134,7 @@ def main() -> int:
            "window": a.window, "loadavg": os.getloadavg(), "cpu_model": "zoo" if not a.random else "random",
            "command": "python benchmarks/streaming.py " + " ".join(sys.argv[1:]), "results": res}
     a.out_dir.mkdir(parents=True, exist_ok=True)
-    path = a.out_dir / f"streaming_{out['date']}_{_slug(cpu['model'])}_t{a.threads}.json"
+    path = a.out_dir / f"streaming_{out['date']}_{slug(cpu['model'])}_t{a.threads}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {path}")
     return 0

@@ -22,6 +22,8 @@ from qgait.workflows.common import build_losses, build_network, open_or_build_st
 from qgait.workflows.train import make_train_batches
 from qgait.engine.distributed import DistContext
 
+from _record import write_record  # noqa: E402 (benchmarks/_record.py)
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -63,6 +65,7 @@ def main() -> None:
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
     }
     print(json.dumps(res, indent=2))
+    write_record("train_step", res, threads=torch.get_num_threads())
 
 
 if __name__ == "__main__":
