@@ -105,6 +105,9 @@ class TrainConfig(_Strict):
 class EvalConfig(_Strict):
     protocol: str = "casia-b"
     metric: Literal["euc", "cos"] = "euc"
+    distance_precision: Literal["float64", "float32"] = Field(
+        "float64", description="float64: distances (and so the ranking) as exact distances give them; float32: "
+        "the faster Gram expansion, which flips near-ties (issue 16; the low-bit study pins it for its rows)")
     periodic_subjects_limit: int | None = Field(None, ge=2, description="test subjects used by periodic evaluation")
 
 

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .distance import _as_embedding, _check_metric, _part_distance_unchecked
+from .distance import _as_embedding, _check_metric, _check_precision, _part_distance_unchecked
 from .retrieval import _labels_to_list
 
 __all__ = ["CrossViewProtocol", "CASIA_B", "OUMVLP", "PROTOCOLS", "get_protocol", "evaluate_cross_view"]
@@ -168,6 +168,7 @@ def evaluate_cross_view(
     views: Sequence[str],
     protocol: CrossViewProtocol | str = CASIA_B,
     metric: str = "euc",
+    precision: str = "float64",
 ) -> dict:
     """Cross-view rank-1 of every probe set (CASIA-B / OU-MVLP protocol), in percent.
 
@@ -182,9 +183,11 @@ def evaluate_cross_view(
         views: ``N`` views, compared as ``str`` with ``protocol.views`` (``"090"``, not ``90``).
         protocol: a :class:`CrossViewProtocol` or the name of a known one (see :func:`get_protocol`).
         metric: ``"euc"`` or ``"cos"`` (see :func:`qgait.evaluation.distance.part_distance`).
+        precision: of the distances, ``"float64"`` (the ranking exact distances give) or ``"float32"`` (see
+            :func:`~qgait.evaluation.distance.part_distance`).
 
     Returns:
-        ``{"protocol": str, "metric": str, "views": [view, ...], "exclude_identical_view": bool,
+        ``{"protocol": str, "metric": str, "distance_precision": str, "views": [view, ...], "exclude_identical_view": bool,
         "sets": {set: {"rank-1": float|None, "per_view": {view: float|None}, "table": [[float|None]],
         "table_includes_diagonal": True, "diagonal_excluded": bool, "num_probes": int,
         "skipped_pairs": [[probe view, gallery view], ...]}}, "mean": float, "sets_in_mean": [set, ...],
@@ -208,6 +211,7 @@ def evaluate_cross_view(
     elif not isinstance(protocol, CrossViewProtocol):
         raise ValueError(f"protocol must be a CrossViewProtocol or a protocol name, got {type(protocol).__name__}")
     _check_metric(metric)
+    _check_precision(precision)
     emb = _as_embedding(embeddings, "embeddings")
     n_seq = emb.shape[0]
     subj = _labels_to_list(subjects, "subjects")
@@ -250,7 +254,7 @@ def evaluate_cross_view(
     correct = torch.zeros(len(prb_idx), n_views, dtype=torch.bool)
     block = max(1, min(_CHUNK, _BLOCK_ELEMS // len(gal_idx)))
     for start in range(0, len(prb_idx), block):
-        dist = _part_distance_unchecked(probes[start : start + block], gallery, metric, block).cpu()
+        dist = _part_distance_unchecked(probes[start : start + block], gallery, metric, block, precision).cpu()
         for v, cols in enumerate(gal_cols):
             if cols.numel():
                 nearest = cols[dist[:, cols].argmin(1)]  # argmin returns the first minimum: input order wins ties
@@ -317,6 +321,7 @@ def evaluate_cross_view(
     return {
         "protocol": protocol.name,
         "metric": metric,
+        "distance_precision": precision,
         "views": list(protocol.views),
         "exclude_identical_view": protocol.exclude_identical_view,
         "sets": sets,

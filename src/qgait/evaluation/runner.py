@@ -24,13 +24,14 @@ def evaluate_on_store(
     progress: bool = True,
     return_embeddings: bool = False,
     freeze_quant: bool = True,
+    precision: str = "float64",
 ) -> dict:
     """Embed the test ``subjects``' sequences that the protocol uses and score them.
 
     Returns the :func:`evaluate_cross_view` result (rank-1 in percent per set, view tables, mean), plus
     ``"embeddings"`` ``[N, c, p]`` and ``"records"`` if ``return_embeddings``. ``freeze_quant``: see
     :func:`extract_embeddings` (a quantized ``nn.Module`` is evaluated through the cheaper, bit-identical
-    :func:`qgait.quant.frozen_for_inference` path).
+    :func:`qgait.quant.frozen_for_inference` path). ``precision``: of the distances (:func:`evaluate_cross_view`).
 
     Raises:
         ValueError: unknown protocol, or no sequence of the subjects in the store.
@@ -44,7 +45,8 @@ def evaluate_on_store(
                              freeze_quant=freeze_quant)
     recs = [store.records[i] for i in idx]
     result = evaluate_cross_view(
-        emb, [r.subject for r in recs], [r.condition for r in recs], [r.view for r in recs], proto, metric=metric
+        emb, [r.subject for r in recs], [r.condition for r in recs], [r.view for r in recs], proto, metric=metric,
+        precision=precision,
     )
     if return_embeddings:
         result["embeddings"] = emb

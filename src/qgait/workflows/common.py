@@ -154,7 +154,8 @@ def evaluate_with_stats(model, store: SequenceStore, subjects, cfg: ExperimentCo
     from ..evaluation.runner import evaluate_on_store
 
     res = evaluate_on_store(model, store, subjects, tuple(cfg.data.input_size), cfg.eval.protocol, cfg.eval.metric,
-                            cfg.data.test_max_frames, device, progress, return_embeddings=True)
+                            cfg.data.test_max_frames, device, progress, return_embeddings=True,
+                            precision=cfg.eval.distance_precision)
     emb, recs = res.pop("embeddings"), res.pop("records")
     res["embedding_stats"] = embedding_stats(emb, [r.subject for r in recs], max_pairs=20_000)
     if fp_stats is not None:

@@ -38,7 +38,7 @@ def periodic_evaluator(cfg: ExperimentConfig, store, test_subjects, ctx: DistCon
     def evaluate(net, iteration):  # noqa: ARG001
         res = evaluate_on_store(
             net.model, store, subjects, tuple(cfg.data.input_size), cfg.eval.protocol, cfg.eval.metric,
-            cfg.data.test_max_frames, ctx.device, progress=False,
+            cfg.data.test_max_frames, ctx.device, progress=False, precision=cfg.eval.distance_precision,
         )
         return rank1_row(res)
 
@@ -117,7 +117,7 @@ def train_model(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = True,
             t1 = time.perf_counter()
             res = evaluate_on_store(
                 net.model, store, split.test_subjects, tuple(cfg.data.input_size), cfg.eval.protocol,
-                cfg.eval.metric, cfg.data.test_max_frames, ctx.device, progress,
+                cfg.eval.metric, cfg.data.test_max_frames, ctx.device, progress, precision=cfg.eval.distance_precision,
             )
             res["eval_seconds"] = round(time.perf_counter() - t1, 1)
             res["model"] = f"{cfg.name} ({label})"

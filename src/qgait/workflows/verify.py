@@ -88,7 +88,8 @@ def run_verification(cfg: ExperimentConfig, checkpoints: Mapping[str, str | Path
         size = tuple(meta.get("input_size") or cfg.data.input_size)
         log(f"{name}: embedding {len(split.test_subjects)} test subjects at {size[0]}x{size[1]}")
         ev = evaluate_on_store(model, store, split.test_subjects, size, cfg.eval.protocol, cfg.eval.metric,
-                               cfg.data.test_max_frames, device, progress, return_embeddings=True)
+                               cfg.data.test_max_frames, device, progress, return_embeddings=True,
+                               precision=cfg.eval.distance_precision)
         sets = verification_sets(ev, cfg.eval.protocol, cfg.eval.metric, **options)
         res["models"][name] = {"checkpoint": str(checkpoints[name]), "rank1": rank1_row(ev), "sets": sets}
         for s, rep in sets.items():
