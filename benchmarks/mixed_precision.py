@@ -13,7 +13,7 @@ augmentation), with the task loss (triplet + cross-entropy on the BNNeck head, t
    profile at the packed size of uniform W4.
 
 Prints the time of each part and the per-layer traces; writes
-``results/mixed/cpu_recipe_<date>_<cpu slug>.json`` (settings, CPU, load, times, per-layer figures, ties, uniform
+``results/mixed/cpu_recipe_<date>_<cpu slug>.json`` (``_2``, ``_3``... beside an earlier run's; settings, CPU, load, times, per-layer figures, ties, uniform
 references, frontiers, allocations with their bit maps), the PNG beside it, and the allocation at W3A3's size as a
 quantize config layered over ``--config`` (``..._w3size.yaml``; at W3A3's size and BOPs ``..._w3a3.yaml``):
 ``qgait quantize <it> --from FP_CKPT`` trains it.
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from contextlib import contextmanager
@@ -45,11 +44,9 @@ from qgait.runtime.cpu import cpu_info
 from qgait.workflows.common import build_losses, split_subjects
 from qgait.workflows.quantize import load_fp_network
 
+from _record import record_path  # benchmarks/_record.py: dated, CPU-named, never over an earlier run
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", re.sub(r"\(r\)|\(tm\)", "", text.lower())).strip("-")[:60] or "cpu"
 
 
 @contextmanager
@@ -66,6 +63,18 @@ def _quiet_stdout():
         os.dup2(saved, 1)
         os.close(saved)
         os.close(devnull)
+
+
+def _dump(out: dict) -> str:
+    """``json.dumps(indent=1)`` with each frontier point on one line (hundreds of points x layers)."""
+    lines = {}
+    for key, fr in out["frontiers"].items():
+        lines[key] = "[\n  " + ",\n  ".join(json.dumps(p, separators=(",", ":")) for p in fr["points"]) + "]"
+        out = {**out, "frontiers": {**out["frontiers"], key: {**fr, "points": f"@@{key}@@"}}}
+    text = json.dumps(out, indent=1)
+    for key, block in lines.items():
+        text = text.replace(f'"@@{key}@@"', block)
+    return text
 
 
 def _bits(values: str) -> tuple[int, ...]:
@@ -185,7 +194,8 @@ def main() -> None:
           f"frontiers {t_front:.1f}; allocations {t_alloc:.2f}; together {total:.1f}")
 
     a.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"cpu_recipe_{date.today().isoformat()}_{_slug(cpu['model'])}"
+    path = record_path("cpu_recipe", out_dir=a.out_dir)  # cpu_recipe_<date>_<cpu slug>[_<k>].json
+    stem = path.stem
     png = plot_frontier(
         a.out_dir / f"{stem}.png", {"size_bits": front_size, "bops": front_bops}, references=refs,
         chosen={"ILP at W3A3 size": alloc["w3a3_size"], "ILP at W3A3 size + BOPs": alloc["w3a3_size_bops"]},
@@ -222,8 +232,7 @@ def main() -> None:
         "quant_configs": {k: str(p.relative_to(REPO) if p.is_relative_to(REPO) else p) for k, p in cfg_paths.items()},
         "png": str(png.relative_to(REPO) if png.is_relative_to(REPO) else png),
     }
-    path = a.out_dir / f"{stem}.json"
-    path.write_text(json.dumps(out, indent=1))
+    path.write_text(_dump(out))
     print(f"wrote {path}, {png}, " + ", ".join(str(p) for p in cfg_paths.values()))
 
 
