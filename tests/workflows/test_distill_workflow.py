@@ -127,3 +127,30 @@ def test_quantize_with_teachers_adds_the_kd_terms(small_config_file, teacher_run
     assert [r["stage"] for r in log] == ["stage1", "stage1"]
     assert all({"loss/kd_kl", "loss/kd_ab", "loss/idc"} <= set(r) for r in log)
     assert load_checkpoint(out / "model.pt")["kind"] == "qgait-quant-model"
+
+
+def test_resuming_with_another_teacher_is_refused(small_config_file, teacher_run, tmp_path):
+    """Issue 14: a distillation run folder remembers its teachers by their weights; resuming it with another one is
+    a one-line error, before anything in the folder changes; model.pt and last.pt of one run are the same teacher."""
+    from qgait.workflows.resume import ResumeMismatch
+
+    out = tmp_path / "kd"
+    cfg = load_config(small_config_file, ["train.iterations=1", "train.save_every=1"])
+    run_distill(cfg, [teacher_run / "model.pt"], out, progress=False, evaluate=False)
+    recorded = json.loads((out / "teachers.json").read_text())
+    assert [t["path"] for t in recorded] == [str(teacher_run / "model.pt")] and len(recorded[0]["sha256"]) == 64
+
+    other = tmp_path / "other_teacher"
+    run_train(load_config(small_config_file, ["train.iterations=2", "train.seed=7"]), other, progress=False,
+              evaluate=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    cfg2 = load_config(small_config_file, ["train.iterations=2", "train.save_every=1"])
+    with pytest.raises(ResumeMismatch, match="other teachers"):
+        run_distill(cfg2, [other / "model.pt"], out, progress=False, evaluate=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    rc = main(["distill", str(small_config_file), "--teacher", str(other / "model.pt"), "--output-dir", str(out),
+               "--set", "train.iterations=2", "--quiet", "--no-eval"])
+    assert rc == 2
+    # the same teacher from its training checkpoint resumes
+    run_distill(cfg2, [teacher_run / "last.pt"], out, progress=False, evaluate=False)
+    assert [r["iteration"] for r in _log(out)] == [1, 2]

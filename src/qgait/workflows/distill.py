@@ -29,6 +29,7 @@ from ..engine.checkpoint import CheckpointError, load_checkpoint
 from ..losses.distill import ABTerm, FeatureMSETerm, GlobalKDTerm, PartKLTerm
 from ..models import GaitWithHead, build_model
 from .common import log
+from .resume import check_teachers, record_teachers
 from .train import train_model
 
 __all__ = ["DistillNetwork", "KD_TERMS", "build_distill_terms", "check_teacher", "combine_outputs",
@@ -268,6 +269,8 @@ def run_distill(cfg: ExperimentConfig, teacher_paths: Sequence[str | Path], out_
     Raises:
         CheckpointError: a teacher file is missing or unreadable (:func:`load_teacher`).
         ValueError: no teacher; a teacher refused by :func:`check_teacher` (the message names its file).
+        ResumeMismatch: resuming ``out_dir`` with other teachers than its run's
+            (:func:`qgait.workflows.resume.check_teachers`; the teachers are recorded in ``teachers.json``).
     """
     teachers = load_teachers(teacher_paths)
     d = cfg.distill or DistillConfig()
@@ -276,8 +279,11 @@ def run_distill(cfg: ExperimentConfig, teacher_paths: Sequence[str | Path], out_
         if _uses_logits(d) and t.num_classes is None:
             check_teacher(t, None, t.path, needs_logits=True)
     names = [str(p) for p in teacher_paths]
+    teacher_record = check_teachers(out_dir, teachers, teacher_paths, resume)  # the run's teachers, or refused
 
     def setup(net, loss_fn, num_classes, ctx):  # noqa: ARG001
+        if ctx.is_main:
+            record_teachers(out_dir, teacher_record)
         train_net, terms, fn = prepare_distillation(cfg, teachers, net, ctx.device)
         from ..losses import LossSum
 

@@ -37,7 +37,7 @@ from ..models import GaitWithHead
 from ..quant import alpha_at, calibrate_, quant_summary, quantize_, set_alpha_, set_rounding_, step_parameters
 from .common import build_losses, build_network, evaluate_with_stats, log, prepare_run
 from .distill import KD_TERMS, combine_outputs, load_teachers, prepare_distillation
-from .resume import check_resume
+from .resume import check_resume, check_teachers, record_teachers
 from .train import make_train_batches
 
 
@@ -132,7 +132,7 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
     Raises:
         ValueError: the config has no ``quant`` section, ``stage1_from``'s stage 1 is unfinished, or a teacher is
             refused (:func:`qgait.workflows.distill.check_teacher`).
-        ResumeMismatch: ``out_dir`` holds a run of another architecture or data
+        ResumeMismatch: ``out_dir`` holds a run of another architecture or data, or made with other teachers
             (:func:`qgait.workflows.resume.check_resume`; other changed settings are logged and recorded in the
             summary as ``config_changes_on_resume``).
         CheckpointError: the FP checkpoint cannot be loaded into the config's model or was trained at another
@@ -144,9 +144,12 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
     out_dir = Path(out_dir)
     kd_teachers = load_teachers(teachers) if teachers else []
     changes = check_resume(cfg, out_dir)  # before anything in out_dir is written
+    teacher_record = check_teachers(out_dir, kd_teachers, teachers or [])  # resuming with other teachers is refused
     if stage1_from is not None:
         reuse_stage1(stage1_from, out_dir, q.stage1.iterations)
     ctx, store, split = prepare_run(cfg, out_dir, progress)
+    if ctx.is_main:
+        record_teachers(out_dir, teacher_record)
     try:
         batches = make_train_batches(cfg, store, split.train_subjects, ctx)
         net = load_fp_network(fp_checkpoint, cfg, batches.num_classes).to(ctx.device)

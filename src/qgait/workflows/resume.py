@@ -24,7 +24,8 @@ from typing import Any
 from ..config import ConfigError, ExperimentConfig, dump_config, load_config
 from .common import log
 
-__all__ = ["ResumeMismatch", "REFUSED", "IGNORED", "config_differences", "check_resume"]
+__all__ = ["ResumeMismatch", "REFUSED", "IGNORED", "TEACHERS_FILE", "config_differences", "check_resume",
+           "check_teachers", "record_teachers"]
 
 
 class ResumeMismatch(ValueError):
@@ -106,3 +107,70 @@ def check_resume(cfg: ExperimentConfig, out_dir: str | Path) -> list[str]:
         log(f"warning: resuming {out_dir} with changed settings, the run goes on with the new values: "
             + "; ".join(warned))
     return warned
+
+
+TEACHERS_FILE = "teachers.json"
+"""The teachers a distillation run folder was trained with (:func:`check_teachers`)."""
+
+
+def _weights_sha256(net) -> str:
+    """SHA-256 over a module's state dict (names, dtypes, shapes and values, in name order)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(net.state_dict().items()):
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _teacher_record(teachers, paths) -> list[dict]:
+    return [{"path": str(p), "sha256": _weights_sha256(getattr(t, "net", t))} for t, p in zip(teachers, paths)]
+
+
+def check_teachers(out_dir: str | Path, teachers, teacher_paths, resume: bool = True) -> list[dict]:
+    """Refuse to resume a distillation run (``qgait distill``, ``qgait quantize --teacher``) with other teachers than
+    it was trained with. ``teachers`` are the loaded teachers (:class:`qgait.distill.Teacher` or modules) of
+    ``teacher_paths``; they are compared by their weights (SHA-256 over the state dict, in order), so a run's
+    ``model.pt`` and ``last.pt`` are the same teacher, and a retrained one at the same path is not. A folder without a training checkpoint (or
+    ``resume=False``) is not compared. Nothing is written: :func:`record_teachers` writes the returned record once
+    every check of the run has passed.
+
+    Returns:
+        the record of ``teacher_paths`` (``[{"path", "sha256"}, ...]``).
+
+    Raises:
+        ResumeMismatch: the folder holds a run made with other teachers (or without any, or with some before); the
+            message lists both sets and how to start a new run instead.
+    """
+    import json
+
+    out_dir = Path(out_dir)
+    new = _teacher_record(teachers, teacher_paths)
+    path = out_dir / TEACHERS_FILE
+    if resume and _has_checkpoint(out_dir):
+        old = json.loads(path.read_text()) if path.is_file() else []
+        if [t["sha256"] for t in old] != [t["sha256"] for t in new]:
+            def names(ts):
+                return ", ".join(f"{t['path']} ({t['sha256'][:12]})" for t in ts) or "none"
+
+            raise ResumeMismatch(
+                f"{out_dir}: holds a run distilled from other teachers (then: {names(old)}; now: {names(new)}); "
+                "resuming it would mix two experiments. Give another --output-dir, or start the run over "
+                "(--restart)")
+    return new
+
+
+def record_teachers(out_dir: str | Path, record: list[dict]) -> None:
+    """Write ``out_dir/teachers.json`` (atomically) from :func:`check_teachers`'s record (an empty record is
+    written only over an existing file: a run without teachers leaves no file)."""
+    import json
+
+    out_dir = Path(out_dir)
+    path = out_dir / TEACHERS_FILE
+    if not record and not path.is_file():
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".json.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(path)
