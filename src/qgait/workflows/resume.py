@@ -132,9 +132,9 @@ def check_teachers(out_dir: str | Path, teachers, teacher_paths, resume: bool = 
     """Refuse to resume a distillation run (``qgait distill``, ``qgait quantize --teacher``) with other teachers than
     it was trained with. ``teachers`` are the loaded teachers (:class:`qgait.distill.Teacher` or modules) of
     ``teacher_paths``; they are compared by their weights (SHA-256 over the state dict, in order), so a run's
-    ``model.pt`` and ``last.pt`` are the same teacher, and a retrained one at the same path is not. A folder without a training checkpoint (or
-    ``resume=False``) is not compared. Nothing is written: :func:`record_teachers` writes the returned record once
-    every check of the run has passed.
+    ``model.pt`` and ``last.pt`` are the same teacher, and a retrained one at the same path is not. A folder
+    without a training checkpoint (or ``resume=False``) is not compared. Nothing is written:
+    :func:`record_teachers` writes the returned record once every check of the run has passed.
 
     Returns:
         the record of ``teacher_paths`` (``[{"path", "sha256"}, ...]``).
