@@ -55,7 +55,7 @@ from qgait.runtime.cpu import cpu_info
 from qgait.runtime.index import GalleryIndex, IndexParams
 from qgait.runtime.index_recall import approximate_recall, candidate_reference, exhaustive_top1, rerank_recall
 
-from _record import slug  # benchmarks/_record.py
+from _record import record_path  # benchmarks/_record.py
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL_MS, GOAL_RECALL, GOAL_SIZE = 50.0, 0.99, 1_000_000
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     a.out_dir.mkdir(parents=True, exist_ok=True)
     cap = f"_cap{max(sizes)}" if max(sizes) < GOAL_SIZE else ""
-    path = a.out_dir / f"gallery_search_{out['date']}_{slug(cpu['model'])}_t{a.threads}{cap}.json"
+    path = record_path("gallery_search", a.threads, cap, out_dir=a.out_dir)  # never over an earlier run
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"\nwrote {path}")
     return 0

@@ -21,22 +21,18 @@ noise hits them alike. Frames come from the store's test sequences. Writes
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import torch
 
 from qgait.runtime import GaitEmbedder
-from qgait.runtime.cpu import cpu_info
 from qgait.runtime.streaming import StreamingEmbedder
 
-from _record import slug  # benchmarks/_record.py
+from _record import write_record  # benchmarks/_record.py
 
 REPO = Path(__file__).resolve().parents[1]
 ZOO_FP = REPO / "zoo" / "gaitbase_casiab_cpu" / "model.pt"
@@ -129,14 +125,9 @@ def main() -> int:
         print(f"{key:10s} push {push:7.3f} ms  head {head:6.3f} ms  window({a.window}) {window:7.3f} ms  "
               f"{1e3 / push:7.0f} frames/s (push), {1e3 / (push + head):7.0f} (push + embedding)  "
               f"window / update {window / (push + head):5.1f}x")
-    cpu = cpu_info()
-    out = {"date": date.today().isoformat(), "cpu": cpu, "threads": a.threads, "rounds": a.rounds,
-           "window": a.window, "loadavg": os.getloadavg(), "cpu_model": "zoo" if not a.random else "random",
-           "command": "python benchmarks/streaming.py " + " ".join(sys.argv[1:]), "results": res}
-    a.out_dir.mkdir(parents=True, exist_ok=True)
-    path = a.out_dir / f"streaming_{out['date']}_{slug(cpu['model'])}_t{a.threads}.json"
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_record("streaming", {"rounds": a.rounds, "window": a.window,
+                               "cpu_model": "zoo" if not a.random else "random", "results": res},
+                 threads=a.threads, out_dir=a.out_dir)
     return 0
 
 
