@@ -165,7 +165,9 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
             "name": cfg.name, "fp_checkpoint": str(fp_checkpoint), "stages": {}, "seconds": {},
             **({"teachers": [str(t) for t in teachers]} if kd_teachers else {}),
             **({"config_changes_on_resume": changes} if changes else {}),
-            "bits": f"W{q.config.weight_bits}A{q.config.act_bits}", "quantizer": q.config.quantizer,
+            "bits": (f"mixed (base W{q.config.weight_bits}A{q.config.act_bits}, {len(q.config.bit_map)} bit_map "
+                     f"entries)" if q.config.bit_map else f"W{q.config.weight_bits}A{q.config.act_bits}"),
+            "quantizer": q.config.quantizer,
             "iterations": 0 if q.config.quantizer == "ptq"
             else q.calib_only.iterations + q.stage1.iterations + q.stage2.iterations,
         }

@@ -1,0 +1,147 @@
+"""Export of a mixed-precision model (issue 15): a ``bit_map`` with 8-bit and 2- to 4-bit layers exports as one int8
+QDQ graph that matches the PyTorch model, records each layer's bits, and its ``.qgpack`` packs exactly the <= 4-bit
+layers (the 8-bit ones stay int8); ``qgait export --pack-int4`` does the same from a saved checkpoint.
+
+The parity tests use the tiny GaitBase with its real BN statistics and positive BN scales. With the shared fixture's
+negated BN scales (``fp_model``: a quarter of the channels) the 8-bit layers' weights at ``-128`` negate to ``+128``
+in the BN fold and are clamped to 127 (``qgait.export.fold``, counted as ``overflow``); at uniform W8A8 that
+one-level error stays below the parity tolerance, but in a mixed model the 4-bit activation grids after an 8-bit
+layer amplify it (cosine 0.998, and 0.996 with only the stem at 8 bits): pinned by a strict xfail below."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from qgait.export import export_qdq
+from qgait.export.int4 import load_packed, packable_initializers, save_packed
+from qgait.export.onnx_graph import read_qgait_metadata
+from qgait.runtime import GaitEmbedder
+
+from .conftest import ARGS, SIZE, cosines, ort_run
+
+# 8-bit layers (a residual pair tied as the search ties it, and the part FC) among 4-, 3- and 2-bit ones; the stem
+# keeps its exact input (weights only)
+BIT_MAP = {
+    "backbone.module.0": {"weight": 8},
+    "backbone.module.3.conv1": {"weight": 3, "act": 4},
+    "backbone.module.4.conv2": {"weight": 8, "act": 8},
+    "backbone.module.4.downsample.0": {"weight": 8, "act": 8},
+    "backbone.module.5.conv1": {"weight": 2, "act": 8},
+    "backbone.module.6.conv2": {"weight": 3, "act": 3},
+    "fcs.fc": {"weight": 8, "act": 8},
+}
+
+
+@pytest.fixture(scope="module")
+def plain_fp(calib):
+    """The export fixtures' tiny GaitBase with real BN statistics, BN scales left positive."""
+    from qgait.models import build_model
+
+    torch.manual_seed(0)
+    m = build_model("gaitbase", **ARGS).train()
+    with torch.no_grad():
+        for x in calib:
+            m(x)
+    return m.eval()
+
+
+def _mixed(fp, calib):
+    from qgait.quant import QuantConfig, calibrate_, quant_layers, quantize_
+
+    m = copy.deepcopy(fp)
+    cfg = QuantConfig(weight_bits=4, act_bits=4, lsq_init="mse", bit_map=BIT_MAP)
+    quantize_(m, cfg)
+    calibrate_(m, calib, method="percentile", max_samples=2**15)
+    bits = {n: (q.weight_quantizer.bits, None if q.input_quantizer is None else q.input_quantizer.bits)
+            for n, q in quant_layers(m)}
+    for name, spec in BIT_MAP.items():
+        assert bits[name] == (spec["weight"], spec.get("act")), name
+    assert sorted({w for w, _ in bits.values()}) == [2, 3, 4, 8]  # mixed indeed
+    return m.eval(), cfg, bits
+
+
+@pytest.fixture(scope="module")
+def mixed_model(plain_fp, calib):
+    return _mixed(plain_fp, calib)
+
+
+@pytest.fixture(scope="module")
+def mixed_export(mixed_model, calib, tmp_path_factory):
+    return export_qdq(mixed_model[0], tmp_path_factory.mktemp("mixed") / "mixed.onnx", SIZE, calib=calib)
+
+
+def test_mixed_export_records_each_layers_bits_and_matches_pytorch(mixed_model, mixed_export, probes):
+    model, _, bits = mixed_model
+    meta = read_qgait_metadata(onnx.load(mixed_export.path))
+    rows = {r["name"]: r for r in meta["layers"] if r["quantized"]}
+    assert {n: (r["weight_bits"], r.get("act_bits")) for n, r in rows.items()} == bits
+    assert meta["overflow"] == 0
+    assert meta["requant"] is False  # below 8 bits somewhere: residual convs are not requantized ("auto")
+    cos = torch.cat([cosines(ort_run(mixed_export.path, x), model(x).detach()) for x in probes])
+    assert float(cos.mean()) >= 0.999 and float(cos.min()) >= 0.998, cos
+
+
+def test_mixed_qgpack_packs_only_the_low_bit_layers(mixed_model, mixed_export, probes, tmp_path):
+    _, _, bits = mixed_model
+    src = onnx.load(mixed_export.path)
+    low = sorted(f"{n}.w_int" for n, (w, _) in bits.items() if w <= 4)
+    high = sorted(f"{n}.w_int" for n, (w, _) in bits.items() if w > 4)
+    assert sorted(packable_initializers(src)) == low and len(high) == 4
+    info = save_packed(src, tmp_path / "mixed.qgpack")
+    assert info["packed_initializers"] == len(low) and info["bytes"] < info["onnx_bytes"]
+    raw = (tmp_path / "mixed.qgpack").read_bytes()
+    header = json.loads(raw[16: 16 + int.from_bytes(raw[8:16], "little")])
+    assert sorted(e["name"] for e in header["tensors"]) == low  # the 8-bit weights are not in the packed table
+    inits = {i.name: numpy_helper.to_array(i) for i in src.graph.initializer}
+    assert all(inits[n].dtype == np.int8 and np.abs(inits[n]).max() > 8 for n in high)  # really 8-bit weights
+    restored = {i.name: numpy_helper.to_array(i) for i in load_packed(tmp_path / "mixed.qgpack").graph.initializer}
+    assert restored.keys() == inits.keys()
+    for k, v in inits.items():
+        np.testing.assert_array_equal(restored[k], v)
+    a, b = GaitEmbedder(mixed_export.path), GaitEmbedder(tmp_path / "mixed.qgpack")
+    np.testing.assert_array_equal(a.embed(probes[0]), b.embed(probes[0]))
+
+
+def test_export_command_packs_a_mixed_checkpoint(mixed_model, small_store, tmp_path, capsys):
+    from qgait.cli import main
+    from qgait.engine.checkpoint import save_inference_model
+
+    model, cfg, bits = mixed_model
+    q = save_inference_model(tmp_path / "mixed.pt", model, "gaitbase", ARGS, SIZE,
+                             quant_config=cfg.model_dump(mode="json"))
+    rc = main([str(a) for a in ["export", q, "--pack-int4", "--calib-store", small_store.path,
+                                "--calib-sequences", "2", "--calib-frames", "8", "--report", tmp_path / "r.json",
+                                "--quiet"]])
+    assert rc == 0, capsys.readouterr().err
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["kind"] == "int8-qdq"
+    assert rep["packed"]["packed_initializers"] == sum(w <= 4 for w, _ in bits.values())
+    assert rep["packed"]["bytes"] < rep["bytes"]
+
+
+@pytest.fixture(scope="module")
+def negated_export(fp_model, calib, tmp_path_factory):
+    model = _mixed(fp_model, calib)[0]
+    return model, export_qdq(model, tmp_path_factory.mktemp("negated") / "mixed.onnx", SIZE, calib=calib)
+
+
+def test_negated_bn_channels_clamp_only_8_bit_weights(negated_export):
+    _, rep = negated_export
+    rows = [r for r in read_qgait_metadata(onnx.load(rep.path))["layers"] if r["quantized"]]
+    assert sum(r["overflow"] for r in rows) == rep.details["overflow"] > 0
+    assert all(r["weight_bits"] == 8 for r in rows if r["overflow"])  # below 8 bits the negation fits int8
+
+
+@pytest.mark.xfail(strict=True, reason="8-bit weights at -128 in channels with a negative BN scale are clamped to "
+                   "127 by the fold; 4-bit activation grids downstream amplify it (cosine 0.998)")
+def test_negated_bn_channels_mixed_parity(negated_export, probes):
+    model, rep = negated_export
+    cos = torch.cat([cosines(ort_run(rep.path, x), model(x).detach()) for x in probes])
+    assert float(cos.mean()) >= 0.999, cos
