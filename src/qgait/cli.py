@@ -88,7 +88,8 @@ def _cmd_data_import(a: argparse.Namespace) -> int:
 def _cmd_data_pretreat(a: argparse.Namespace) -> int:
     from .data.pretreat import pretreat_folder
 
-    summary = pretreat_folder(a.src, a.dest, skip_bad=a.skip_bad, progress=not a.quiet, overwrite=a.overwrite)
+    summary = pretreat_folder(a.src, a.dest, skip_bad=a.skip_bad, progress=not a.quiet, overwrite=a.overwrite,
+                              layout=a.layout)
     print(summary)
     return 0
 
@@ -204,8 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     q = dsub.add_parser("pretreat", help="pretreat raw silhouette PNGs into a store (OpenGait recipe)",
                         description="Crop, resize to height 64, centre on the silhouette's mass and cut a 64x64 "
                         "window from every subject/condition/view/*.png frame; write a store.")
-    q.add_argument("src", type=Path, help="folder subject/condition/view/*.png")
+    q.add_argument("src", type=Path, help="folder subject/condition/view/*.png (or the --layout's folders)")
     q.add_argument("dest", type=Path, help="store folder to create")
+    q.add_argument("--layout", choices=("opengait", "gait3d", "grew"), default="opengait",
+                   help="released layout of SRC: opengait = subject/condition/view/*.png; gait3d = Gait3D's "
+                   "2D_Silhouettes/<id>/camid<C>_videoid<V>/seq<S>/*.png; grew = GREW's train/<id>/<seq>/*.png, "
+                   "test/gallery/<id>/<seq>/*.png, test/probe/<seq>/*.png (keyed as OpenGait's GREW pickles)")
     q.add_argument("--skip-bad", action="store_true", help="skip sequences with no usable frame, list them")
     q.add_argument("--overwrite", action="store_true", help="replace an existing store")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -255,9 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .cli_deploy import add_deploy_commands
     from .cli_gallery import add_gallery_commands
+    from .cli_mixed import add_mixed_commands
 
     add_deploy_commands(sub)
     add_gallery_commands(sub)
+    add_mixed_commands(sub)
     return parser
 
 

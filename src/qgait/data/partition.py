@@ -1,7 +1,19 @@
 """Train / test subject partitions in OpenGait's JSON format.
 
 A partition file is ``{"TRAIN_SET": [...], "TEST_SET": [...]}`` with subject ids as strings, plus an optional
-``"PROBE_SET"`` (Gait3D lists its probe sequences there). Built-in partitions are loaded by name.
+``"PROBE_SET"`` (Gait3D lists its probe sequences there) and an optional ``"SOURCE"`` object recording where the
+lists were taken from (repository, path, commit, note). Built-in partitions are loaded by name:
+
+=============  ==========================  ==========================================================================
+name           file                        contents (source: OpenGait's ``datasets/<Name>/<Name>.json``, see SOURCE)
+=============  ==========================  ==========================================================================
+``casia-b``    CASIA-B.json                train 001-074, test 075-124
+``oumvlp``     OU-MVLP.json                train odd ids 00001-10305 (5153), test even ids 00002-10306 + 10307 (5154)
+``grew``       GREW.json                   train 00001train-20000train, test 00001-06000 + ``probe`` (unlabelled probes)
+``gait3d``     Gait3D.json                 train 3000 ids, test 1000 ids, PROBE_SET 1000 probe sequences
+``ccpg``       CCPG.json                   train 000-099, test 100-199
+``sustech1k``  SUSTech1K.json              train 250 ids, test 800 ids
+=============  ==========================  ==========================================================================
 """
 
 from __future__ import annotations
@@ -14,10 +26,18 @@ from pathlib import Path
 
 __all__ = ["Partition", "BUILTIN_PARTITIONS", "load_partition", "check_subjects", "outside"]
 
-BUILTIN_PARTITIONS = {"casia-b": "CASIA-B.json"}
+BUILTIN_PARTITIONS = {
+    "casia-b": "CASIA-B.json",
+    "oumvlp": "OU-MVLP.json",
+    "ou-mvlp": "OU-MVLP.json",
+    "grew": "GREW.json",
+    "gait3d": "Gait3D.json",
+    "ccpg": "CCPG.json",
+    "sustech1k": "SUSTech1K.json",
+}
 """Names accepted by :func:`load_partition` (case-insensitive) and their files in ``qgait/data/partitions``."""
 
-_KEYS = {"TRAIN_SET": "train", "TEST_SET": "test", "PROBE_SET": "probe"}
+_KEYS = {"TRAIN_SET": "train", "TEST_SET": "test", "PROBE_SET": "probe", "SOURCE": "provenance"}
 
 
 @dataclass
@@ -29,12 +49,15 @@ class Partition:
         test: test subjects, in file order; disjoint from ``train``.
         probe: ``PROBE_SET`` when the file has one (dataset-specific, e.g. Gait3D probe sequences), else None.
         source: the file it was read from.
+        provenance: the file's ``SOURCE`` object (where the lists come from: repository, path, commit, note),
+            or None.
     """
 
     train: list[str]
     test: list[str]
     probe: list[str] | None = None
     source: str = ""
+    provenance: dict | None = None
 
 
 def _id_list(value: object, key: str, origin: str) -> list[str]:
@@ -55,7 +78,8 @@ def _id_list(value: object, key: str, origin: str) -> list[str]:
 
 
 def load_partition(path_or_name: str | Path) -> Partition:
-    """Read a partition file, or a built-in partition by name (``"casia-b"``: train 001-074, test 075-124).
+    """Read a partition file, or a built-in partition by name (``"casia-b"``, ``"oumvlp"``, ``"grew"``,
+    ``"gait3d"``, ``"ccpg"``, ``"sustech1k"``: see the module docstring).
 
     Args:
         path_or_name: a JSON file path, or a name in :data:`BUILTIN_PARTITIONS` (case-insensitive).
@@ -65,7 +89,8 @@ def load_partition(path_or_name: str | Path) -> Partition:
 
     Raises:
         FileNotFoundError: neither a built-in name nor an existing file.
-        ValueError: invalid JSON; not an object; unknown keys (named); TRAIN_SET or TEST_SET missing; an
+        ValueError: invalid JSON; not an object; unknown keys (named); SOURCE not an object; TRAIN_SET or
+            TEST_SET missing; an
             entry that is not a string; duplicates; a subject in both TRAIN_SET and TEST_SET (listed).
             Every message names the file.
     """
@@ -96,11 +121,15 @@ def load_partition(path_or_name: str | Path) -> Partition:
     train = _id_list(obj["TRAIN_SET"], "TRAIN_SET", origin)
     test = _id_list(obj["TEST_SET"], "TEST_SET", origin)
     probe = _id_list(obj["PROBE_SET"], "PROBE_SET", origin) if "PROBE_SET" in obj else None
+    provenance = obj.get("SOURCE")
+    if provenance is not None and not isinstance(provenance, dict):
+        raise ValueError(f"{origin}: SOURCE must be an object (repository, path, commit, note), got "
+                         f"{type(provenance).__name__}")
     both = sorted(set(train) & set(test))
     if both:
         shown = ", ".join(both[:20]) + (f", ... ({len(both)} in all)" if len(both) > 20 else "")
         raise ValueError(f"{origin}: {len(both)} subject(s) in both TRAIN_SET and TEST_SET: {shown}")
-    return Partition(train=train, test=test, probe=probe, source=origin)
+    return Partition(train=train, test=test, probe=probe, source=origin, provenance=provenance)
 
 
 def check_subjects(partition: Partition, store_subjects: Iterable[str], which: str = "train") -> list[str]:

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from .errors import BadSequenceError
-from .sources import scan_folder
+from .layouts import LAYOUTS, scan_layout
+from .sources import ScanItem
 from .store import ImportSummary, StoreWriter
 
-__all__ = ["MIN_MASS", "OUT_SIZE", "pretreat_frame", "pretreat_sequence", "pretreat_folder"]
+__all__ = ["MIN_MASS", "OUT_SIZE", "pretreat_frame", "pretreat_sequence", "pretreat_items", "pretreat_folder"]
 
 _BICUBIC = getattr(Image, "Resampling", Image).BICUBIC  # Pillow >= 9.1 moved the constants
 
@@ -119,8 +120,9 @@ def pretreat_folder(
     progress: bool = True,
     overwrite: bool = False,
     min_mass: int = MIN_MASS,
+    layout: str = "opengait",
 ) -> ImportSummary:
-    """Pretreat a folder of raw silhouette PNGs ``<subject>/<condition>/<view>/*.png`` into a store.
+    """Pretreat a folder of raw silhouette PNGs (by default ``<subject>/<condition>/<view>/*.png``) into a store.
 
     Frames of a sequence are read in natural filename order (``2.png`` before ``10.png``; the plain sorted
     order for zero-padded names) and converted to grayscale. Sequences are written in sorted (subject,
@@ -135,27 +137,61 @@ def pretreat_folder(
         progress: show a tqdm progress bar over sequences.
         overwrite: replace an existing store at ``dest``.
         min_mass: near-empty frame threshold, see :func:`pretreat_sequence`.
+        layout: the released layout, a name of :data:`qgait.data.layouts.LAYOUTS` (``"opengait"``,
+            ``"gait3d"``, ``"grew"``), mapped to OpenGait's subject / condition / view keys.
 
     Returns:
         The :class:`~qgait.data.store.ImportSummary` (frames 64x64).
 
     Raises:
         FileNotFoundError: ``src`` missing. NotADirectoryError: ``src`` is a file.
-        BadSequenceError: (``skip_bad=False``) the first bad sequence, named.
-        ValueError: no PNG sequences found, or none usable.
+        BadSequenceError: (``skip_bad=False``) the first bad sequence or misplaced frame, named.
+        LayoutError: ``src`` does not have the layout (see :mod:`qgait.data.layouts`).
+        ValueError: unknown layout; no PNG sequences found, or none usable.
         FileExistsError: see :class:`~qgait.data.store.StoreWriter`.
     """
-    from tqdm.auto import tqdm
-
     src = Path(src)
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
     if not src.exists():
         raise FileNotFoundError(f"{src}: no such folder")
     if not src.is_dir():
-        raise NotADirectoryError(f"{src}: expected a folder <subject>/<condition>/<view>/*.png")
+        raise NotADirectoryError(f"{src}: expected a folder of PNG frames ({layout} layout)")
     t0 = time.perf_counter()
-    items = scan_folder(src, ".png", None, many_files=True)
+    items = scan_layout(src, layout)
     if not any(it.key is not None for it in items):
         raise ValueError(f"{src}: no sequences found; expected <subject>/<condition>/<view>/*.png")
+    summary = pretreat_items(items, str(src.resolve()), dest, skip_bad=skip_bad, progress=progress,
+                             overwrite=overwrite, min_mass=min_mass)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def pretreat_items(
+    items: Sequence[ScanItem],
+    source: str,
+    dest: str | Path,
+    skip_bad: bool = False,
+    progress: bool = True,
+    overwrite: bool = False,
+    min_mass: int = MIN_MASS,
+) -> ImportSummary:
+    """Pretreat listed sequences (a layout scan, :mod:`qgait.data.layouts`) into a store, atomically.
+
+    Args:
+        items: sequences (``key`` and PNG ``files`` in frame order) and bad paths (``reason``); written in order.
+        source: recorded in the store's metadata.
+        dest, skip_bad, progress, overwrite, min_mass: as :func:`pretreat_folder`.
+
+    Returns:
+        The :class:`~qgait.data.store.ImportSummary` (bad paths and bad sequences listed in ``skipped`` with
+        ``skip_bad``; ``seconds`` 0, the caller times).
+
+    Raises:
+        BadSequenceError: (``skip_bad=False``) the first bad item, named. ValueError: no usable sequence.
+    """
+    from tqdm.auto import tqdm
+
     skipped: list[tuple[str, str]] = []
 
     def bad(origin: str, reason: str) -> None:
@@ -163,7 +199,7 @@ def pretreat_folder(
             raise BadSequenceError(origin, reason)
         skipped.append((origin, reason))
 
-    with StoreWriter(dest, source=str(src.resolve()), overwrite=overwrite) as writer:
+    with StoreWriter(dest, source=source, overwrite=overwrite) as writer:
         for it in tqdm(items, desc="pretreat", unit="seq", disable=not progress, dynamic_ncols=True):
             if it.key is None:
                 bad(it.origin, it.reason or "bad path")
@@ -175,10 +211,9 @@ def pretreat_folder(
             except BadSequenceError as exc:
                 bad(exc.origin, exc.reason)
         if writer.n_sequences == 0:
-            raise ValueError(f"{src}: no usable sequence (all {len(skipped)} skipped)")
+            raise ValueError(f"{source}: no usable sequence (all {len(skipped)} skipped)")
         summary = ImportSummary(n_subjects=len(writer.subjects), n_sequences=writer.n_sequences,
                                 n_frames=writer.n_frames, frame_shape=writer.frame_shape,  # type: ignore[arg-type]
                                 skipped=skipped, dest=str(dest))
         writer.close()
-    summary.seconds = time.perf_counter() - t0
     return summary

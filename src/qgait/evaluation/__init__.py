@@ -1,10 +1,15 @@
 """Evaluation: part distances, retrieval metrics (rank-k, mAP, mINP), the CASIA-B / OU-MVLP cross-view
-protocol and Markdown / JSON reports. All accuracies are in percent (0-100), except the biometric
+protocols (``OU-MVLP`` and ``OU-MVLP-valid``), the Gait3D, GREW, CCPG and SUSTech1K protocols and Markdown /
+JSON reports. All accuracies are in percent (0-100), except the biometric
 operating-point rates (FMR, FNMR, TAR, EER, FPIR, FNIR, DIR: ``verification``, ``open_set``,
 ``biometric_report``), which are fractions in [0, 1]."""
 
 from .biometric_report import verification_report, verification_summary
-from .cross_view import CASIA_B, OUMVLP, PROTOCOLS, CrossViewProtocol, evaluate_cross_view, get_protocol
+from .ccpg import evaluate_ccpg
+from .cross_view import CASIA_B, OUMVLP, OUMVLP_VALID, PROTOCOLS, CrossViewProtocol, evaluate_cross_view, get_protocol
+from .gait3d import evaluate_gait3d
+from .grew import evaluate_grew, grew_submission_rows, write_grew_submission
+from .sustech1k import evaluate_sustech1k
 from .curves import plot_verification_curves
 from .distance import METRICS, part_distance
 from .embedding_stats import embedding_drift, embedding_stats
@@ -34,6 +39,13 @@ from .verification import (
 __all__ = [
     "CASIA_B",
     "OUMVLP",
+    "OUMVLP_VALID",
+    "evaluate_gait3d",
+    "evaluate_grew",
+    "grew_submission_rows",
+    "write_grew_submission",
+    "evaluate_ccpg",
+    "evaluate_sustech1k",
     "PROTOCOLS",
     "CrossViewProtocol",
     "evaluate_cross_view",

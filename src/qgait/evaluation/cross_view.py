@@ -23,8 +23,14 @@ Details that are conventions, not accidents:
   ``"skipped_pairs"``, and left out of the averages (not counted as 0). A probe view with no evaluated
   pair has ``per_view`` ``None`` and is left out of the set's mean; a set with no probe sequences has
   ``"rank-1": None`` and is left out of ``"mean"`` (``"sets_in_mean"`` lists the sets averaged).
-* A probe whose subject has no gallery sequence in gallery view ``b`` still counts (as a miss) in the
-  pair ``(a, b)``, as in OpenGait; OU-MVLP papers that "exclude invalid probes" report higher numbers.
+* A probe whose subject has no gallery sequence in gallery view ``b`` is handled as the protocol's
+  ``probe_without_gallery`` says. ``"miss"`` (the default; CASIA-B, ``OU-MVLP``): it still counts, as a miss, in
+  the pair ``(a, b)``, as in OpenGait's ``single_view_gallery_evaluation``. ``"exclude"`` (``OU-MVLP-valid``):
+  it is left out of that pair (neither a probe nor a hit there), the "invalid probe sequences excluded"
+  variant that some OU-MVLP papers report beside the first (OU-MVLP's gallery lacks some subjects at some
+  views); it can only raise a pair's rank-1. Every result records the rule in ``"probe_without_gallery"``, and
+  each set's ``"num_probe_pairs_excluded"`` counts the (probe, gallery view) pairs left out, identical-view
+  pairs included.
 * Ties in distance go to the gallery sequence that comes first in the input order.
 * Sequences whose condition belongs to neither the gallery nor a probe set, or whose view is not one of
   the protocol's views, are ignored.
@@ -33,7 +39,8 @@ Per-subject counts (``result["per_subject"]``, for a test-subject bootstrap, see
 :mod:`qgait.evaluation.stats`): for every probe set, ``hits[i][a][b]`` and ``probes[i][a][b]`` count the
 probe sequences of subject ``subjects[i]`` at probe view ``a`` matched against gallery view ``b``, and how
 many of them were correct, so that ``table[a][b] == 100 * sum_i hits / sum_i probes``. A pair skipped for
-lack of gallery sequences of view ``b`` has ``probes == hits == 0`` for every subject, so "a pair whose
+lack of gallery sequences of view ``b`` has ``probes == hits == 0`` for every subject (under ``"exclude"``,
+``probes`` counts only the probes whose subject has a gallery sequence at ``b``), so "a pair whose
 probe count is 0 is skipped" reproduces the protocol's skipping rule (also in a resample).
 """
 
@@ -51,13 +58,17 @@ from torch import Tensor
 from .distance import _as_embedding, _check_metric, _check_precision, _part_distance_unchecked
 from .retrieval import _labels_to_list
 
-__all__ = ["CrossViewProtocol", "CASIA_B", "OUMVLP", "PROTOCOLS", "get_protocol", "evaluate_cross_view"]
+__all__ = ["CrossViewProtocol", "CASIA_B", "OUMVLP", "OUMVLP_VALID", "PROTOCOLS", "PROBE_WITHOUT_GALLERY",
+           "get_protocol", "evaluate_cross_view"]
 
 ArrayLike = Union[Tensor, np.ndarray]
 
 # Probes per distance block; shrunk for a large gallery to keep one block near 2**26 floats (256 MB).
 _CHUNK = 1024
 _BLOCK_ELEMS = 1 << 26
+
+PROBE_WITHOUT_GALLERY = ("miss", "exclude")
+"""How a probe whose subject has no gallery sequence at the gallery view is counted (see the module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -71,10 +82,13 @@ class CrossViewProtocol:
             order is the report order.
         views: the views, in table order, as strings exactly as in the data (``"000"``, not ``0``).
         exclude_identical_view: leave the identical-view pairs (the diagonal) out of the averages.
+        probe_without_gallery: ``"miss"`` (a probe whose subject has no gallery sequence at gallery view ``b``
+            counts as a miss in the pair ``(a, b)``) or ``"exclude"`` (it is left out of that pair).
 
     Raises:
         ValueError: (on construction) empty name / gallery / probe sets / views, duplicate views, an empty
-            probe set, or a condition used by both the gallery and a probe set (or by two probe sets).
+            probe set, a condition used by both the gallery and a probe set (or by two probe sets), or an
+            unknown ``probe_without_gallery``.
     """
 
     name: str
@@ -82,6 +96,7 @@ class CrossViewProtocol:
     probe_sets: dict[str, tuple[str, ...]]
     views: tuple[str, ...]
     exclude_identical_view: bool = True
+    probe_without_gallery: str = "miss"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -105,10 +120,14 @@ class CrossViewProtocol:
         object.__setattr__(self, "views", views)
         object.__setattr__(self, "probe_sets", probe_sets)
         object.__setattr__(self, "exclude_identical_view", bool(self.exclude_identical_view))
+        if self.probe_without_gallery not in PROBE_WITHOUT_GALLERY:
+            raise ValueError(f"probe_without_gallery must be one of {PROBE_WITHOUT_GALLERY}, got "
+                             f"{self.probe_without_gallery!r}")
 
     def __hash__(self) -> int:  # the dict field would make the generated hash fail
         probe_sets = tuple(self.probe_sets.items())
-        return hash((self.name, self.gallery_conditions, probe_sets, self.views, self.exclude_identical_view))
+        return hash((self.name, self.gallery_conditions, probe_sets, self.views, self.exclude_identical_view,
+                     self.probe_without_gallery))
 
 
 def _as_tuple(value: Any, name: str) -> tuple:
@@ -126,15 +145,21 @@ CASIA_B = CrossViewProtocol(
     ("000", "018", "036", "054", "072", "090", "108", "126", "144", "162", "180"),
 )
 
-OUMVLP = CrossViewProtocol(
-    "OU-MVLP",
-    ("01",),
-    {"NM": ("00",)},
-    ("000", "015", "030", "045", "060", "075", "090", "180", "195", "210", "225", "240", "255", "270"),
-)
+_OUMVLP_VIEWS = ("000", "015", "030", "045", "060", "075", "090", "180", "195", "210", "225", "240", "255", "270")
+
+OUMVLP = CrossViewProtocol("OU-MVLP", ("01",), {"NM": ("00",)}, _OUMVLP_VIEWS)
+"""OU-MVLP (Takemura et al., IPSJ T-CVA 2018): gallery sequence 01, probe sequence 00, 14 views, identical views
+excluded; a probe whose subject has no gallery sequence at the gallery view counts as a miss (OpenGait's
+``single_view_gallery_evaluation``, the figure in OpenGait's model zoo, e.g. GaitBase 90.8)."""
+
+OUMVLP_VALID = CrossViewProtocol("OU-MVLP-valid", ("01",), {"NM": ("00",)}, _OUMVLP_VIEWS,
+                                 probe_without_gallery="exclude")
+"""OU-MVLP with invalid probes excluded: as :data:`OUMVLP`, but a probe whose subject has no gallery sequence at
+the gallery view is left out of that (probe view, gallery view) pair: the "invalid probe sequences excluded"
+figure some OU-MVLP papers report beside the first; it is never lower."""
 
 #: Known protocols by display name.
-PROTOCOLS: dict[str, CrossViewProtocol] = {p.name: p for p in (CASIA_B, OUMVLP)}
+PROTOCOLS: dict[str, CrossViewProtocol] = {p.name: p for p in (CASIA_B, OUMVLP, OUMVLP_VALID)}
 
 
 def _norm_name(name: str) -> str:
@@ -190,7 +215,8 @@ def evaluate_cross_view(
         ``{"protocol": str, "metric": str, "distance_precision": str, "views": [view, ...], "exclude_identical_view": bool,
         "sets": {set: {"rank-1": float|None, "per_view": {view: float|None}, "table": [[float|None]],
         "table_includes_diagonal": True, "diagonal_excluded": bool, "num_probes": int,
-        "skipped_pairs": [[probe view, gallery view], ...]}}, "mean": float, "sets_in_mean": [set, ...],
+        "num_probe_pairs_excluded": int, "skipped_pairs": [[probe view, gallery view], ...]}},
+        "probe_without_gallery": "miss" | "exclude", "mean": float, "sets_in_mean": [set, ...],
         "num_sequences": N, "num_gallery": int, "per_subject": {...}}``. ``table[i][j]`` is the rank-1
         (percent, 0-100) of probe view ``views[i]`` against gallery view ``views[j]``; values are not
         rounded. ``per_subject`` is ``{"protocol": str, "subjects": [subject, ...], "views": [view, ...],
@@ -260,6 +286,17 @@ def evaluate_cross_view(
                 nearest = cols[dist[:, cols].argmin(1)]  # argmin returns the first minimum: input order wins ties
                 correct[start : start + block, v] = g_subj[nearest] == p_subj[start : start + block]
 
+    # counted[i, v]: probe i takes part in the pairs with gallery view v (see ``probe_without_gallery``).
+    has_gallery_t = torch.tensor([cols.numel() > 0 for cols in gal_cols], dtype=torch.bool)
+    if protocol.probe_without_gallery == "exclude":
+        n_codes = len(subject_codes)
+        subj_has_view = torch.zeros(n_codes, n_views, dtype=torch.bool)
+        subj_has_view[g_subj, g_view] = True
+        counted = subj_has_view[p_subj]
+    else:
+        counted = has_gallery_t[None, :].expand(len(prb_idx), n_views)
+    correct = correct & counted
+
     # Per-subject counts: probe subjects sorted (by value, or by str for mixed types), row index per probe.
     probe_subjects = _sorted_subjects({subj[i] for i in prb_idx})
     subject_row = {x: r for r, x in enumerate(probe_subjects)}
@@ -267,21 +304,23 @@ def evaluate_cross_view(
     p_view_np = p_view.numpy()
     p_set_np = p_set.numpy()
     correct_np = correct.numpy()
-    has_gallery = np.array([cols.numel() > 0 for cols in gal_cols])
+    counted_np = counted.numpy()
     n_subj = len(probe_subjects)
     per_subject_sets: dict = {}
     for s, set_name in enumerate(set_names):
         mask = p_set_np == s
         cell = p_row[mask] * n_views + p_view_np[mask]  # (subject, probe view) of each probe of the set
-        n_cell = np.bincount(cell, minlength=n_subj * n_views).reshape(n_subj, n_views)
-        probes_sab = np.where(has_gallery[None, None, :], n_cell[:, :, None], 0)
+        probes_sab = np.stack(
+            [np.bincount(cell, weights=counted_np[mask, b], minlength=n_subj * n_views) for b in range(n_views)],
+            axis=-1,
+        ).reshape(n_subj, n_views, n_views)
         hits_sab = np.stack(
             [np.bincount(cell, weights=correct_np[mask, b], minlength=n_subj * n_views) for b in range(n_views)],
             axis=-1,
         ).reshape(n_subj, n_views, n_views)
         per_subject_sets[set_name] = {
             "hits": np.rint(hits_sab).astype(np.int64).tolist(),
-            "probes": probes_sab.astype(np.int64).tolist(),
+            "probes": np.rint(probes_sab).astype(np.int64).tolist(),
         }
 
     sets: dict = {}
@@ -292,10 +331,10 @@ def evaluate_cross_view(
         skipped: list[list[str]] = []
         for a, probe_view in enumerate(protocol.views):
             rows = in_set & (p_view == a)
-            n_rows = int(rows.sum())
             row: list[float | None] = []
             for b, gallery_view in enumerate(protocol.views):
-                if n_rows == 0 or gal_cols[b].numel() == 0:
+                n_rows = int(counted[rows, b].sum())
+                if n_rows == 0:
                     row.append(None)
                     skipped.append([probe_view, gallery_view])
                 else:
@@ -310,6 +349,7 @@ def evaluate_cross_view(
             "table_includes_diagonal": True,
             "diagonal_excluded": protocol.exclude_identical_view,
             "num_probes": int(in_set.sum()),
+            "num_probe_pairs_excluded": int((~counted[in_set] & has_gallery_t[None, :]).sum()),
             "skipped_pairs": skipped,
         }
     in_mean = [name for name, res in sets.items() if res["rank-1"] is not None]
@@ -324,6 +364,7 @@ def evaluate_cross_view(
         "distance_precision": precision,
         "views": list(protocol.views),
         "exclude_identical_view": protocol.exclude_identical_view,
+        "probe_without_gallery": protocol.probe_without_gallery,
         "sets": sets,
         "mean": math.fsum(sets[name]["rank-1"] for name in in_mean) / len(in_mean),
         "sets_in_mean": in_mean,

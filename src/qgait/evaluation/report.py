@@ -45,7 +45,11 @@ def _require(result: Any, keys: tuple[str, ...], what: str) -> None:
 
 
 def rank1_row(result: Mapping) -> dict[str, float]:
-    """The headline of a cross-view result: ``{set name: rank-1, ..., "mean": mean}`` (percent)."""
+    """The headline of a result (percent): ``{set name: rank-1, ..., "mean": mean}`` for a cross-view result
+    (also CCPG / SUSTech1K); ``{"rank-1": ..., "rank-5": ..., "mAP": ..., "mINP": ...}`` for a retrieval result
+    (Gait3D, GREW)."""
+    if "sets" not in result and "mAP" in result:
+        return {k: v for k, v in result.items() if isinstance(k, str) and (k.startswith("rank-") or k in ("mAP", "mINP"))}
     return {k: v["rank-1"] for k, v in result["sets"].items()} | {"mean": result["mean"]}
 
 

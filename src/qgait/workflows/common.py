@@ -129,9 +129,13 @@ def prepare_run(cfg: ExperimentConfig, out_dir: Path, progress: bool):
 
 def print_summary(res: dict, full_report: str | Path | None = None) -> None:
     """Print an evaluation for the terminal: its rank-1 summary table (NM / BG / CL / mean) and the file with the
-    full tables (per probe view, view x view per set); without ``full_report``, the full report itself."""
-    from ..evaluation.report import format_cross_view
+    full tables (per probe view, view x view per set); without ``full_report``, the full report itself. A retrieval
+    result (Gait3D, GREW: rank-k, mAP, mINP) prints its one table."""
+    from ..evaluation.report import format_cross_view, format_retrieval
 
+    if "sets" not in res:  # a retrieval protocol (Gait3D, GREW): one table is the whole report
+        print(format_retrieval(res) + (f"\nWritten to {full_report}\n" if full_report is not None else ""))
+        return
     text = format_cross_view(res)
     if full_report is None:
         print(text)
