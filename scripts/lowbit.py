@@ -92,6 +92,12 @@ SETTINGS: dict[str, Setting] = {
 }
 
 
+def _rel(path) -> str:
+    """``path`` relative to the repository when it is inside it (the commands recorded in the JSON)."""
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(path)
+
+
 def config_path(setting: str, row: str) -> Path:
     return CONFIGS / setting / f"{row}.yaml"
 
@@ -126,12 +132,11 @@ def _run_one(setting: str, row: str, seed: int, runs: Path, fp: Path, fp_results
     final = next(run_dir / f"{k}_results.json" for k in ("final", "stage2", "stage1")
                  if (run_dir / f"{k}_results.json").is_file())
     result = json.loads(final.read_text())
-    rel = lambda p: str(Path(p).resolve().relative_to(REPO)) if Path(p).resolve().is_relative_to(REPO) else str(p)  # noqa: E731
     record = {
         "setting": setting, "row": row, "seed": seed,
-        "command": (f"qgait quantize {rel(config_path(setting, row))} --from {rel(fp)} --fp-results {rel(fp_results)}"
-                    f" --set train.seed={seed}" + "".join(f" --teacher {rel(t)}" for t in teachers)
-                    + (f" --stage1-from {rel(shared)}" if shared else "")),
+        "command": (f"qgait quantize {_rel(config_path(setting, row))} --from {_rel(fp)} --fp-results {_rel(fp_results)}"
+                    f" --set train.seed={seed}" + "".join(f" --teacher {_rel(t)}" for t in teachers)
+                    + (f" --stage1-from {_rel(shared)}" if shared else "")),
         "summary": summary, "result": result,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -192,9 +197,8 @@ def run_ptq(bits: str, runs: Path, fp: Path, fp_results: Path) -> Path:
     subprocess.run(cmd, check=True, env={"OMP_WAIT_POLICY": "PASSIVE", **os.environ})
     final = next(run_dir / f"{k}_results.json" for k in ("final", "stage2", "stage1", "calib")
                  if (run_dir / f"{k}_results.json").is_file())
-    rel = lambda q: str(Path(q).resolve().relative_to(REPO)) if Path(q).resolve().is_relative_to(REPO) else str(q)  # noqa: E731
     record = {"row": f"ptq_{bits}",
-              "command": f"qgait quantize {rel(cfg)} --from {rel(fp)} --fp-results {rel(fp_results)}",
+              "command": f"qgait quantize {_rel(cfg)} --from {_rel(fp)} --fp-results {_rel(fp_results)}",
               "summary": json.loads((run_dir / "summary.json").read_text()),
               "result": json.loads(final.read_text())}
     tmp = out.with_suffix(".json.tmp")

@@ -151,7 +151,7 @@ def test_failed_write_leaves_the_old_file_intact(tmp_path, model_a, monkeypatch)
 
 
 def test_interrupted_write_leaves_the_old_file_intact(tmp_path, model_a, monkeypatch):
-    import qgait.runtime.gallery_io as gio
+    import qgait.atomic as atomic
 
     path = _gallery(model_a, n=2).save(tmp_path / "out" / "g.npz")
     before = path.read_bytes()
@@ -159,7 +159,7 @@ def test_interrupted_write_leaves_the_old_file_intact(tmp_path, model_a, monkeyp
     def interrupted(src, dst):
         raise KeyboardInterrupt  # Ctrl-C between writing the temporary file and renaming it
 
-    monkeypatch.setattr(gio.os, "replace", interrupted)
+    monkeypatch.setattr(atomic.os, "replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
         save_gallery(_gallery(model_a, n=4, seed=5), path)
     monkeypatch.undo()

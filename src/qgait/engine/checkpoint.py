@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..atomic import atomic_write
 
 
 class CheckpointError(ValueError):
@@ -19,19 +19,7 @@ class CheckpointError(ValueError):
 def save_atomic(obj: Any, path: str | Path) -> Path:
     """Write ``obj`` with ``torch.save`` to a temporary file beside ``path``, then rename it into place, so an
     interruption never leaves a half-written checkpoint under ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _load_problem(e: Exception) -> str:

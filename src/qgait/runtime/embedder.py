@@ -42,6 +42,19 @@ def default_providers() -> list[str]:
     return (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in have else []) + ["CPUExecutionProvider"]
 
 
+def ort_session(source: str | bytes, threads: int | None = None, providers: Sequence[str] | None = None):
+    """An ONNX Runtime session over a model file path or serialized bytes: warnings silenced, ``threads`` intra-op
+    threads (one inter-op), ``providers`` (default :func:`default_providers`)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = int(threads)
+        so.inter_op_num_threads = 1
+    return ort.InferenceSession(source, so, providers=list(providers or default_providers()))
+
+
 _FLOAT_TYPES = {"tensor(float)": np.float32}
 
 
@@ -116,21 +129,14 @@ class GaitEmbedder:
     """
 
     def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
         from ..export.int4 import PackedModelError, is_packed_file, load_packed
 
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelLoadError(f"{self.path}: model file not found")
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        if threads:
-            so.intra_op_num_threads = int(threads)
-            so.inter_op_num_threads = 1
         try:
             source: Any = load_packed(self.path).SerializeToString() if is_packed_file(self.path) else str(self.path)
-            self.session = ort.InferenceSession(source, so, providers=list(providers or default_providers()))
+            self.session = ort_session(source, threads, providers)
         except PackedModelError as exc:
             raise ModelLoadError(str(exc)) from exc
         except Exception as exc:  # noqa: BLE001 - ORT raises its own error types for unreadable models

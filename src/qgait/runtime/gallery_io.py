@@ -21,13 +21,12 @@ last ``os.replace`` wins (each file stays whole).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_write
 from .identity import GalleryMismatchError, ModelIdentity, check_identity
 
 __all__ = ["FORMAT", "GalleryFileError", "gallery_path", "load_gallery", "read_identity", "save_gallery"]
@@ -50,26 +49,7 @@ def gallery_path(path: str | Path) -> Path:
 
 
 def _atomic_write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable (POSIX; best effort elsewhere)
-        dfd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
+    atomic_write(path, lambda f: np.savez(f, **arrays), sync_dir=True)
 
 
 def save_gallery(gallery: Any, path: str | Path) -> Path:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .embedder import ModelLoadError, default_providers, prepare_silhouettes
+from .embedder import ModelLoadError, ort_session, prepare_silhouettes
 
 __all__ = ["StreamingEmbedder", "split_at_temporal_pool", "TemporalSplitError"]
 
@@ -141,17 +141,6 @@ def split_at_temporal_pool(model) -> tuple[Any, Any]:
     return frames, head
 
 
-def _session(model, threads: int | None, providers: Sequence[str] | None):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = int(threads)
-        so.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), so, providers=list(providers or default_providers()))
-
-
 # ------------------------------------------------------------------------------------------ the embedder
 class StreamingEmbedder:
     """A running embedding of one frame stream (or ``n`` synchronous streams): :meth:`push` frames as they arrive,
@@ -204,7 +193,7 @@ class StreamingEmbedder:
             frames, head = split_at_temporal_pool(model)
         except TemporalSplitError as exc:
             raise TemporalSplitError(f"{path}: {exc}") from exc
-        fs, hs = _session(frames, threads, providers), _session(head, threads, providers)
+        fs, hs = (ort_session(m.SerializeToString(), threads, providers) for m in (frames, head))
         f_in, f_out = fs.get_inputs()[0].name, fs.get_outputs()[0].name
         h_in, h_out = hs.get_inputs()[0].name, hs.get_outputs()[0].name
 
