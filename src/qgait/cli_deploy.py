@@ -103,7 +103,8 @@ def _cmd_identify_stream(a: argparse.Namespace) -> int:
         if u["frames"] <= a.every:
             print(f"probe {probe['source']} (subject {probe['subject'] or 'unknown'}), frame by frame:")
         margin = f", margin {u['margin']:.4f}" if u["margin"] is not None else ""
-        print(f"  {u['frames']:4d} frames: {u['label']}  distance {u['distance']:.4f}{margin}"
+        nearest = f" (nearest {u['nearest']})" if u["label"] == "unknown" and "nearest" in u else ""
+        print(f"  {u['frames']:4d} frames: {u['label']}{nearest}  distance {u['distance']:.4f}{margin}"
               + ("  (firm)" if u["firm"] else ""), flush=True)
 
     res = identify_stream(
@@ -111,6 +112,7 @@ def _cmd_identify_stream(a: argparse.Namespace) -> int:
         gallery_conditions=a.gallery_conditions, gallery_views=a.gallery_views, probe_subjects=a.probe_subjects,
         probe_conditions=a.probe_conditions, probe_views=a.probe_views, metric=a.metric, max_frames=a.max_frames,
         threads=a.threads, progress=not a.quiet, check=not a.no_silhouette_check, on_update=show,
+        threshold=a.threshold,
     )
     if a.json:
         print(json.dumps(res, indent=1))
@@ -128,7 +130,7 @@ def _cmd_identify(a: argparse.Namespace) -> int:
         gallery_conditions=a.gallery_conditions, gallery_views=a.gallery_views, probe_subjects=a.probe_subjects,
         probe_conditions=a.probe_conditions, probe_views=a.probe_views, metric=a.metric, max_frames=a.max_frames,
         save_gallery=a.save_gallery, threads=a.threads, progress=not a.quiet, check=not a.no_silhouette_check,
-        overwrite=a.overwrite,
+        overwrite=a.overwrite, threshold=a.threshold,
     )
     if a.json:
         print(json.dumps(res, indent=1))
@@ -138,6 +140,13 @@ def _cmd_identify(a: argparse.Namespace) -> int:
         print(f"probe {p['source']} (subject {p['subject'] or 'unknown'}):")
         for k, (label, dist) in enumerate(r["top"], 1):
             print(f"  {k}. {label}  distance {dist:.4f}")
+        d = r["decision"]
+        if d is not None:
+            at = f" (FMR {d['target_fmr']:.0e})" if d["target_fmr"] is not None else ""
+            verdict = (f"{d['label']} (distance {d['distance']:.4f} <= threshold {d['threshold']:.4f}{at})"
+                       if d["known"] else
+                       f"unknown (nearest {r['top'][0][0]} at {d['distance']:.4f} > threshold {d['threshold']:.4f}{at})")
+            print(f"  decision: {verdict}")
     return 0
 
 
@@ -269,6 +278,10 @@ def add_deploy_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-frames", type=int, default=720, help="frames per sequence cap (default 720)")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
     _silhouette_check(p)
+    p.add_argument("--threshold", default="model",
+                   help="open-set rejection: 'model' (default) answers 'unknown' beyond the threshold stored by "
+                   "qgait calibrate (ranks only when the model has none); a distance to use instead; 'off' ranks "
+                   "only")
     p.add_argument("--stream", action="store_true",
                    help="identify frame by frame: push each probe's frames in order into a streaming embedder "
                    "and print the decision every --every frames as it firms up")

@@ -1,5 +1,6 @@
-"""Gallery commands of the ``qgait`` command line: ``enroll`` (add sequences to a gallery file) and
-``gallery-info`` (what a gallery file holds, and whether a model may use it).
+"""Gallery commands of the ``qgait`` command line: ``enroll`` (add sequences to a gallery file),
+``gallery-info`` (what a gallery file holds, and whether a model may use it) and ``calibrate`` (store an open-set
+rejection threshold in a copy of an exported model).
 
 Hooked into ``qgait.cli.build_parser`` by :func:`add_gallery_commands`. Sequences are gathered and embedded as
 ``qgait embed`` does (:func:`qgait.workflows.deploy.collect_sequences`, :func:`~qgait.workflows.deploy.
@@ -68,8 +69,28 @@ def _cmd_gallery_info(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(a: argparse.Namespace) -> int:
+    from .workflows.calibrate import calibrate_model
+
+    sources = list(a.sources) + ([a.store] if a.store else [])
+    if not sources:
+        raise ValueError("give calibration sequences: OpenGait folders, or --store STORE (with --subjects)")
+    if a.max_frames < 1:
+        raise ValueError(f"--max-frames must be at least 1, got {a.max_frames}")
+    output = a.output if a.output is not None else a.model.with_name(f"{a.model.stem}.calibrated{a.model.suffix}")
+    res = calibrate_model(a.model, sources, output, target_fmr=a.fmr, metric=a.metric, subjects=a.subjects,
+                          conditions=a.conditions, views=a.views, max_frames=a.max_frames, threads=a.threads,
+                          progress=not a.quiet, check=not a.no_silhouette_check, overwrite=a.overwrite)
+    from .runtime.rejection import RejectionThreshold
+
+    th = RejectionThreshold.from_dict(res["rejection"])
+    print(f"calibrated on {res['sequences']} sequences of {res['subjects']} subjects: {th.describe()}")
+    print(f"wrote {res['output']} (the model with this threshold; qgait identify answers 'unknown' beyond it)")
+    return 0
+
+
 def add_gallery_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``enroll`` and ``gallery-info`` to the ``qgait`` sub-command parsers."""
+    """Add ``enroll``, ``gallery-info`` and ``calibrate`` to the ``qgait`` sub-command parsers."""
     p = subparsers.add_parser(
         "enroll", help="add subjects' sequences to a gallery file (created when missing)",
         description="Embed sequences with an exported model and add them to a gallery .npz file, created when "
@@ -105,6 +126,34 @@ def add_gallery_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("gallery", type=Path, help="gallery file (.npz)")
     p.add_argument("--model", type=Path, help="exported model to check the gallery against")
     p.set_defaults(func=_cmd_gallery_info)
+
+    p = subparsers.add_parser(
+        "calibrate", help="store an open-set rejection threshold (for a target FMR) in a copy of a model",
+        description="Embed calibration sequences with an exported model, choose the distance threshold of largest "
+        "TAR at the target false match rate over every pair of calibration sequences, and write a copy of the "
+        "model with the threshold in its metadata; qgait identify then answers 'unknown' for a probe whose nearest "
+        "subject is farther. Calibrate on subjects the model was not trained on (e.g. part of the test "
+        "subjects), and before enrolling: a gallery records the model file's SHA-256. With a gallery of N "
+        "sequences, the rate of false alarms for people not enrolled is about N x FMR.")
+    p.add_argument("model", type=Path, help="exported model (.onnx or .qgpack)")
+    p.add_argument("sources", nargs="*", type=Path, help="OpenGait folders subject/condition/view/*.pkl")
+    p.add_argument("--store", type=Path, help="a qgait store to take calibration sequences from")
+    p.add_argument("--subjects", help="comma-separated calibration subject ids (store / folder)")
+    p.add_argument("--conditions", help="comma-separated conditions, e.g. nm-01,nm-02")
+    p.add_argument("--views", help="comma-separated views, e.g. 090")
+    p.add_argument("--fmr", type=float, default=1e-3, help="target false match rate, a fraction (default 1e-3)")
+    p.add_argument("--metric", choices=["euc", "cos"], default="euc",
+                   help="the distance identify will use (default euc)")
+    p.add_argument("-o", "--output", type=Path,
+                   help="the calibrated copy (default: <model>.calibrated.onnx beside it; never the model itself; "
+                   "an existing file is refused without --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--max-frames", type=int, default=720, help="frames per sequence cap (default 720)")
+    p.add_argument("--no-silhouette-check", action="store_true",
+                   help="embed sequences that do not look like silhouettes instead of refusing them")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_calibrate)
 
 
 def build_gallery_parser() -> argparse.ArgumentParser:

@@ -246,23 +246,30 @@ def identify_sequences(model: str | Path, gallery_sources, probe_sources, top_k:
                        gallery_subjects=None, gallery_conditions=None, gallery_views=None,
                        probe_subjects=None, probe_conditions=None, probe_views=None, metric: str = "euc",
                        max_frames: int = 720, save_gallery: str | Path | None = None, threads: int | None = None,
-                       progress: bool = False, check: bool = True, overwrite: bool = False) -> list[dict]:
+                       progress: bool = False, check: bool = True, overwrite: bool = False,
+                       threshold: float | str | None = "model") -> list[dict]:
     """Embed a gallery and probes with an exported model and rank the gallery subjects for every probe.
 
     Args:
+        threshold: open-set rejection (:func:`qgait.workflows.calibrate.resolve_rule`): ``"model"`` (default)
+            applies the threshold ``qgait calibrate`` stored in the model, if any; a number applies that
+            distance; ``"off"`` ranks only.
         check: refuse gallery and probe sequences that do not look like silhouettes (:func:`embed_sequences`).
         save_gallery: write the gallery there (``.npz``; checked first: not an input, not an existing file
             unless ``overwrite``; written atomically).
 
     Returns:
-        one dict per probe: ``{"probe": {...source, subject...}, "top": [(label, distance), ...]}``; a probe's
-        subject / condition / view are None where its source does not give them.
+        one dict per probe: ``{"probe": {...source, subject...}, "top": [(label, distance), ...], "decision":
+        {"label" (the top label, or "unknown" beyond the threshold), "known", "distance", "threshold", "metric",
+        "target_fmr", "source"} or None without a threshold}``; a probe's subject / condition / view are None
+        where its source does not give them.
 
     Raises:
         ValueError: see :func:`collect_sequences`, :func:`build_gallery`, :func:`embed_sequences`;
             :class:`~qgait.workflows.outputs.OutputError` for ``save_gallery``.
     """
     from ..runtime import GaitEmbedder, identify_many
+    from .calibrate import decide, resolve_rule
     from .outputs import check_outputs, staged
 
     if save_gallery is not None:
@@ -272,6 +279,7 @@ def identify_sequences(model: str | Path, gallery_sources, probe_sources, top_k:
         check_outputs([save_gallery], [model, *gallery_sources, *probe_sources], overwrite)
     probes = collect_sequences(list(probe_sources), probe_subjects, probe_conditions, probe_views)  # checked first
     emb = GaitEmbedder(model, threads=threads)
+    rule = resolve_rule(emb, threshold, metric)
     gallery = build_gallery(emb, list(gallery_sources), gallery_subjects, gallery_conditions, gallery_views,
                             max_frames, progress, check)
     if save_gallery is not None:
@@ -279,14 +287,15 @@ def identify_sequences(model: str | Path, gallery_sources, probe_sources, top_k:
             gallery.save(tmp)
     pe = embed_sequences(emb, probes, max_frames, progress, check)
     ranks = identify_many(pe, gallery, top_k, metric)
-    return [{"probe": p.describe(), "top": r} for p, r in zip(probes, ranks)]
+    return [{"probe": p.describe(), "top": r, "decision": decide(r, rule) if rule else None}
+            for p, r in zip(probes, ranks)]
 
 
 def identify_stream(model: str | Path, gallery_sources, probe_sources, *, every: int = 5, firm_after: int = 3,
                     gallery_subjects=None, gallery_conditions=None, gallery_views=None, probe_subjects=None,
                     probe_conditions=None, probe_views=None, metric: str = "euc", max_frames: int = 720,
                     threads: int | None = None, progress: bool = False, check: bool = True,
-                    on_update=None) -> list[dict]:
+                    on_update=None, threshold: float | str | None = "model") -> list[dict]:
     """Identify probes frame by frame (issue 17): each probe sequence's frames are pushed in order into a
     :class:`qgait.runtime.StreamingEmbedder` over the exported model, and every ``every`` frames (and at the
     last) the current embedding is ranked against the gallery.
@@ -296,11 +305,14 @@ def identify_stream(model: str | Path, gallery_sources, probe_sources, *, every:
 
     Args:
         on_update: called with ``(probe_description, update)`` after every update (the CLI prints it).
+        threshold: open-set rejection as in :func:`identify_sequences`: an update's ``label`` is ``"unknown"``
+            while the nearest subject is beyond it (``nearest`` keeps that subject).
 
     Returns:
         one dict per probe: ``{"probe": {...}, "updates": [{"frames", "label", "distance", "margin", "firm"},
         ...], "final": the last update, "firm_at": frames at which the final label became firm (None: not firm)}``;
-        ``margin`` is the distance gap between the top-1 label and the runner-up (None with one label).
+        ``margin`` is the distance gap between the top-1 label and the runner-up (None with one label); with a
+        threshold each update also has ``nearest`` (the top-1 subject) and ``threshold``.
 
     Raises:
         ValueError: ``every`` or ``firm_after`` below 1; see :func:`identify_sequences` for the sources.
@@ -308,11 +320,13 @@ def identify_stream(model: str | Path, gallery_sources, probe_sources, *, every:
     """
     from ..data.plausible import silhouette_problem
     from ..runtime import GaitEmbedder, StreamingEmbedder, identify
+    from .calibrate import resolve_rule
 
     if every < 1 or firm_after < 1:
         raise ValueError(f"every and firm_after must be at least 1, got {every} and {firm_after}")
     probes = collect_sequences(list(probe_sources), probe_subjects, probe_conditions, probe_views)
     emb = GaitEmbedder(model, threads=threads)
+    rule = resolve_rule(emb, threshold, metric)
     stream = StreamingEmbedder.from_onnx(model, threads=threads)
     gallery = build_gallery(emb, list(gallery_sources), gallery_subjects, gallery_conditions, gallery_views,
                             max_frames, progress, check)
@@ -333,7 +347,8 @@ def identify_stream(model: str | Path, gallery_sources, probe_sources, *, every:
             if (t + 1) % every and t + 1 != len(frames):
                 continue
             top = identify(stream.embedding(), gallery, top_k=2, metric=metric)
-            label, dist = top[0]
+            nearest, dist = top[0]
+            label = nearest if rule is None or dist <= rule["threshold"] else "unknown"
             run = run + 1 if label == last else 1
             last = label
             if run == 1:
@@ -342,6 +357,8 @@ def identify_stream(model: str | Path, gallery_sources, probe_sources, *, every:
                 firm_at = t + 1
             upd = {"frames": t + 1, "label": label, "distance": dist,
                    "margin": top[1][1] - dist if len(top) > 1 else None, "firm": run >= firm_after}
+            if rule is not None:
+                upd.update(nearest=nearest, threshold=rule["threshold"])
             updates.append(upd)
             if on_update is not None:
                 on_update(p.describe(), upd)
