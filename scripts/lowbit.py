@@ -80,8 +80,10 @@ SETTINGS: dict[str, Setting] = {
     "w4a4": Setting(
         title="W4A4 (an easy setting)",
         control="lsq",
-        rows={"lsq": "LSQ (STE), the control"},
+        rows={"lsq": "LSQ (STE), the control",
+              "lsq_outq": "LSQ + output quantizers on the residual operands (all-int8 export), own stage 1"},
         key_rows=("lsq",),
+        own_stage1=frozenset({"lsq_outq"}),
     ),
     "w8a8": Setting(
         title="W8A8 (an easy setting)",

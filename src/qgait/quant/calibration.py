@@ -72,8 +72,9 @@ def calibrate_step(
     max_samples: int = 2**20,
     eps: float = 1e-8,
     generator: torch.Generator | None = None,
+    narrow: bool = False,
 ) -> Tensor:
-    """Step size(s) for quantizing ``x`` on the grid of ``bits``/``signed`` (post-training calibration).
+    """Step size(s) for quantizing ``x`` on the grid of ``bits``/``signed``/``narrow`` (post-training calibration).
 
     Methods:
         - ``"minmax"``: smallest step covering the range, ``max(max(x)/Q_P, -min(x)/Q_N)``.
@@ -86,7 +87,7 @@ def calibrate_step(
 
     Args:
         x: data, any shape; per channel: ``C = x.shape[ch_axis]``.
-        bits, signed: the grid (:func:`grid_range`).
+        bits, signed, narrow: the grid (:func:`grid_range`).
         per_channel, ch_axis: one step per index of ``ch_axis`` or a single step.
         percentile: in (50, 100], for ``"percentile"``.
         weights: per-tensor only: non-negative weight of each element of ``x`` (a weighted sample of a larger
@@ -109,7 +110,7 @@ def calibrate_step(
         raise ValueError("cannot calibrate a step on an empty tensor")
     if not 50.0 < percentile <= 100.0:
         raise ValueError(f"percentile must be in (50, 100], got {percentile}")
-    q_n, q_p = grid_range(bits, signed)
+    q_n, q_p = grid_range(bits, signed, narrow)
     xc = _channels_first(x, per_channel, ch_axis)
     w = None
     if weights is not None:
@@ -292,7 +293,8 @@ class ActObserver:
         return self.min >= 0.0
 
     def step(
-        self, bits: int, signed: bool, method: InitMethod = "lsq", percentile: float = 99.99, eps: float = 1e-8
+        self, bits: int, signed: bool, method: InitMethod = "lsq", percentile: float = 99.99, eps: float = 1e-8,
+        narrow: bool = False,
     ) -> Tensor:
         """Per-tensor step ``[]`` from the observed data (methods as :func:`calibrate_step`).
 
@@ -303,7 +305,7 @@ class ActObserver:
             raise RuntimeError("ActObserver has seen no data")
         if method not in _INITS:
             raise ValueError(f"method must be one of {_INITS}, got {method!r}")
-        q_n, q_p = grid_range(bits, signed)
+        q_n, q_p = grid_range(bits, signed, narrow)
         if method == "lsq":
             s = torch.tensor(2.0 * (self.abs_sum / self.count) / math.sqrt(q_p))
             return _finalize_step(s, eps).reshape(())
@@ -313,5 +315,5 @@ class ActObserver:
         vals, w = self.sample()
         return calibrate_step(
             vals, bits, signed, per_channel=False, method=method, percentile=percentile, eps=eps, weights=w,
-            generator=self._gen,
+            generator=self._gen, narrow=narrow,
         )

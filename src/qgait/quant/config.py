@@ -115,6 +115,12 @@ class QuantConfig(_Strict):
         (``act_bits``, or the ``act`` of a matching ``bit_map`` key; sign from the data): the pre-residual tensors
         an integer runtime must requantize (:mod:`qgait.quant.outputs`; ``find_residual_outputs`` lists them, for
         GaitBase ``["*.bn2", "*.downsample.1"]``). Every pattern must match a module. Default none.
+    narrow_8bit_weights:
+        8-bit weight grids are the narrow ``[-127, 127]`` (the TFLite int8 weight specification) instead of
+        ``[-128, 127]``: the batch-norm fold negates the integer weights of channels with a negative BN scale
+        (:mod:`qgait.export.fold`), and ``-128`` negated does not fit int8 (it was clamped, a one-level error that
+        4-bit activations downstream amplify in mixed-precision models). Below 8 bits the full grid is kept (its
+        negation fits the int8 container). Default on; checkpoints saved before the option load with the full grid.
     lsq_init:
         Step initialisation for ``lsq`` / ``soft``: ``"lsq"`` is ``2 mean|x| / sqrt(Q_P)`` (LSQ, Esser et al.
         ICLR 2020, section 2). It is a training start, not a PTQ: at 8 bits it covers about +-21 of the +-127
@@ -139,6 +145,7 @@ class QuantConfig(_Strict):
     ptq_method: Literal["minmax", "percentile", "mse"] = "mse"
     ptq_percentile: float = Field(default=99.99, gt=50.0, le=100.0)
     lsq_init: Literal["lsq", "minmax", "mse"] = "lsq"
+    narrow_8bit_weights: bool = True
     output_quant: list[str] = Field(default_factory=list)
 
     @field_validator("targets")

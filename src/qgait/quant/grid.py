@@ -27,10 +27,12 @@ _ROUNDINGS = ("ste", "soft_backward", "soft_forward")
 _INITS = ("lsq", "minmax", "percentile", "mse")
 
 
-def grid_range(bits: int, signed: bool) -> tuple[int, int]:
+def grid_range(bits: int, signed: bool, narrow: bool = False) -> tuple[int, int]:
     """Integer grid ``(Q_N, Q_P)`` of a uniform quantizer (methods.md 1.2, LSQ section 2).
 
-    Signed: ``(2^(b-1), 2^(b-1) - 1)``; unsigned: ``(0, 2^b - 1)``.
+    Signed: ``(2^(b-1), 2^(b-1) - 1)``; unsigned: ``(0, 2^b - 1)``. ``narrow`` (signed only) drops the lowest
+    level: ``(2^(b-1) - 1, 2^(b-1) - 1)``, the symmetric grid of the TFLite int8 weight specification, whose
+    negation stays on the grid (see ``QuantConfig.narrow_8bit_weights``).
 
     Raises:
         ValueError: ``bits`` not in 2..8.
@@ -38,5 +40,5 @@ def grid_range(bits: int, signed: bool) -> tuple[int, int]:
     if not isinstance(bits, int) or isinstance(bits, bool) or not 2 <= bits <= 8:
         raise ValueError(f"bits must be an int in 2..8, got {bits!r}")
     if signed:
-        return 2 ** (bits - 1), 2 ** (bits - 1) - 1
+        return 2 ** (bits - 1) - int(bool(narrow)), 2 ** (bits - 1) - 1
     return 0, 2**bits - 1

@@ -37,6 +37,7 @@ _QUANT_KWARGS = (
     "percentile",
     "weight_quantizer",
     "input_quantizer",
+    "narrow_weights",
 )
 
 
@@ -53,6 +54,7 @@ class QuantLayer:
         percentile: for ``"percentile"`` initialisation.
         weight_quantizer, input_quantizer: ready quantizer objects to use instead of building them (composability:
             any ``nn.Module`` mapping a tensor to a tensor of the same shape).
+        narrow_weights: the weight grid is the narrow signed ``[-Q_P, Q_P]`` (:func:`qgait.quant.grid_range`).
     """
 
     _FLOAT_CLS: ClassVar[type[nn.Module]]
@@ -74,6 +76,7 @@ class QuantLayer:
         percentile: float = 99.99,
         weight_quantizer: nn.Module | None = None,
         input_quantizer: nn.Module | None = None,
+        narrow_weights: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)  # the nn class
@@ -82,7 +85,7 @@ class QuantLayer:
             weight_quantizer = LSQQuantizer(
                 weight_bits, signed=True, per_channel=per_channel, ch_axis=0, rounding=rounding,
                 num_channels=self.weight.shape[0] if per_channel else None, role="weight",
-                init_method=weight_init, percentile=percentile,
+                init_method=weight_init, percentile=percentile, narrow=narrow_weights,
             )
             if dev is not None:
                 weight_quantizer.to(dev)

@@ -81,6 +81,8 @@ class LSQQuantizer(nn.Module):
         step_grad: for the soft roundings, ``"soft"`` (the soft derivative also drives the step gradient,
             methods.md 1.3) or ``"ste"`` (LSQ's step gradient; the soft derivative only in ``dL/dx``). Not saved
             in the state dict: a training setting, like ``rounding``.
+        narrow: a signed grid drops its lowest level, ``[-Q_P, Q_P]`` (:func:`grid_range`); the transform sets it
+            for 8-bit weights (``QuantConfig.narrow_8bit_weights``).
 
     State (all in ``state_dict``): ``step`` (Parameter ``[C]`` or ``[]``), ``initialized`` (bool ``[]``),
     ``signed_state`` (int8 ``[]``: -1 undecided, 0 unsigned, 1 signed), ``alpha`` (float32 ``[]``).
@@ -109,6 +111,7 @@ class LSQQuantizer(nn.Module):
         use_fused: bool = False,
         alpha: float = 2.0,
         step_grad: Literal["soft", "ste"] = "soft",
+        narrow: bool = False,
     ) -> None:
         super().__init__()
         _op_mode(rounding, step_grad)  # validates step_grad
@@ -143,6 +146,10 @@ class LSQQuantizer(nn.Module):
         self._initialized_py = False
         self._signed_py = sign
         self.register_buffer("alpha", torch.tensor(float(alpha)))
+        # narrow signed grid [-(Q_P), Q_P]; a buffer so that a checkpoint restores the grid it was trained on
+        # (state dicts from before this option load as the full grid)
+        self.register_buffer("narrow_state", torch.tensor(bool(narrow)))
+        self._narrow_py = bool(narrow)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -160,7 +167,12 @@ class LSQQuantizer(nn.Module):
         signed = self.is_signed
         if signed is None:
             raise RuntimeError("signedness not decided yet: initialise the quantizer (calibrate_ or a forward)")
-        return grid_range(self._bits, signed)
+        return grid_range(self._bits, signed, self._narrow_py)
+
+    @property
+    def narrow(self) -> bool:
+        """Whether a signed grid is the narrow ``[-Q_P, Q_P]`` (:func:`grid_range`)."""
+        return self._narrow_py
 
     @property
     def q_n(self) -> int:
@@ -253,7 +265,8 @@ class LSQQuantizer(nn.Module):
         non_negative = bool(finite.numel() == 0 or finite.min() >= 0)
         signed = self._decide_sign(non_negative)
         s = calibrate_step(
-            x, self._bits, signed, self.per_channel, self.ch_axis, method, self.percentile, eps=self.eps
+            x, self._bits, signed, self.per_channel, self.ch_axis, method, self.percentile, eps=self.eps,
+            narrow=self._narrow_py,
         )
         self._set_step(s)
 
@@ -279,7 +292,7 @@ class LSQQuantizer(nn.Module):
             raise RuntimeError("observers give per-tensor steps; this quantizer is per-channel")
         signed = self._decide_sign(obs.non_negative())
         method = method or self.init_method
-        self._set_step(obs.step(self._bits, signed, method, self.percentile, self.eps))
+        self._set_step(obs.step(self._bits, signed, method, self.percentile, self.eps, narrow=self._narrow_py))
         return True
 
     def _grad_scale(self, x: Tensor) -> float:
@@ -311,9 +324,12 @@ class LSQQuantizer(nn.Module):
         key = prefix + "step"
         if key in state_dict and state_dict[key].shape != self.step.shape and self.per_channel:
             self.step.data = torch.empty_like(state_dict[key], device=self.step.device, dtype=self.step.dtype)
+        if prefix + "initialized" in state_dict and prefix + "narrow_state" not in state_dict:
+            state_dict[prefix + "narrow_state"] = torch.tensor(False)  # saved before the option: the full grid
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._initialized_py = bool(self.initialized)
         self._signed_py = int(self.signed_state)
+        self._narrow_py = bool(self.narrow_state)
 
     def extra_repr(self) -> str:  # noqa: D102
         signed = {None: "auto", True: "signed", False: "unsigned"}[self.is_signed]
@@ -322,4 +338,5 @@ class LSQQuantizer(nn.Module):
             f"bits={self._bits}, {signed}, {pc}, rounding={self.rounding}"
             f"{', step_grad=ste' if self.step_grad == 'ste' else ''}, role={self.role}, "
             f"init={self.init_method}, initialized={self.is_initialized}, enabled={self.enabled}"
+            f"{', narrow' if self._narrow_py else ''}"
         )

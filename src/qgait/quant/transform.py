@@ -161,6 +161,7 @@ def quantize_(model: nn.Module, config: QuantConfig | Mapping[str, Any]) -> nn.M
             weight_init=cfg.init_method,
             act_init=cfg.init_method,
             percentile=cfg.ptq_percentile,
+            narrow_weights=cfg.narrow_8bit_weights and wb == 8,
         )
         for q in twin.modules():
             if isinstance(q, LSQQuantizer):
