@@ -130,6 +130,23 @@ def test_ccpg_hand_case():
     assert r["sets"]["BG"]["per_view"] == {"01": pytest.approx(0.0), "02": pytest.approx(100.0)}
     assert r["sets"]["BG"]["rank-1"] == pytest.approx(50.0) and r["mean"] == pytest.approx(50.0)
     assert ccpg_view("03_2") == "03"
+    # re-identification figures, same-subject same-view gallery entries left out. A@01 (6): A@01 is left out;
+    # B@01, B@02 (4, 4) then A@02 (6): first positive at rank 3 -> AP = INP = 1/3. B@02 (9): B@02 left out,
+    # B@01 (1) first -> AP = INP = 1. Without the rule A@01 would count (AP (1/3 + 2/4) / 2).
+    assert r["reid"] == {"BG": {"rank-1": pytest.approx(50.0), "mAP": pytest.approx(100 * (1 / 3 + 1) / 2),
+                                "mINP": pytest.approx(100 * (1 / 3 + 1) / 2), "num_probes": 2, "num_skipped": 0}}
+
+
+def test_same_view_exclusion_skips_a_probe_left_without_positive():
+    from qgait.evaluation.retrieval import evaluate_retrieval
+
+    # probe A@1 whose only gallery sequence of A is at view 1 too: skipped; probe B@1 (5) ranks B@2 second
+    r = evaluate_retrieval(emb([0.0, 5.0]), ["A", "B"], emb([0.0, 1.0, 9.0]), ["A", "C", "B"], ranks=(1, 2),
+                           probe_views=["1", "1"], gallery_views=["1", "2", "2"])
+    assert (r["num_probes"], r["num_skipped"]) == (1, 1)
+    assert r["rank-1"] == 0.0 and r["rank-2"] == 100.0 and r["mAP"] == pytest.approx(50.0)  # C (4), B (4), A
+    with pytest.raises(ValueError, match="both"):
+        evaluate_retrieval(emb([0.0]), ["A"], emb([0.0]), ["A"], probe_views=["1"])
 
 
 # ------------------------------------------------------------------------------------------------- SUSTech1K

@@ -91,6 +91,15 @@ def format_cross_view(result: Mapping) -> str:
     if skipped_sets:
         lines += ["", f"Not evaluated (no probe sequence or no usable view pair): {', '.join(skipped_sets)}."]
 
+    reid = result.get("reid")
+    if reid:
+        lines += ["", "### Person re-identification (%): all views, same-subject same-view gallery entries left out",
+                  ""]
+        lines += _header(["set", "rank-1", "mAP", "mINP", "probes"])
+        for s, r in reid.items():
+            lines.append(_row([s, _num(r.get("rank-1")), _num(r.get("mAP")), _num(r.get("mINP")),
+                               r.get("num_probes", "")]))
+
     lines += ["", "### Rank-1 per probe view (%)", ""]
     lines += _header(["set"] + views + ["mean"])
     for s in names:

@@ -87,27 +87,36 @@ class _Accumulator:
         self.valid = 0
         self.skipped = 0
 
-    def add(self, dist: Tensor, probe_codes: Tensor, gallery_codes: Tensor) -> None:
-        """Accumulate a block: ``dist`` ``[k, m]``, ``probe_codes`` ``[k]``, ``gallery_codes`` ``[m]``."""
+    def add(self, dist: Tensor, probe_codes: Tensor, gallery_codes: Tensor, exclude: Tensor | None = None) -> None:
+        """Accumulate a block: ``dist`` ``[k, m]``, ``probe_codes`` ``[k]``, ``gallery_codes`` ``[m]``;
+        ``exclude`` ``[k, m]`` bool: gallery entries removed from a probe's ranking (None: none)."""
         dist = dist.detach().cpu()
         m = dist.shape[1]
         order = torch.sort(dist, dim=1, stable=True).indices  # ties: lower gallery index first
         matches = gallery_codes[order] == probe_codes[:, None]  # [k, m], sorted order
+        if exclude is None:
+            position = torch.arange(1, m + 1, dtype=torch.float64)[None, :]  # 1-based rank positions
+        else:
+            keep = ~exclude.gather(1, order)
+            matches &= keep
+            position = keep.cumsum(1).to(torch.float64)  # 1-based rank among the kept entries (where kept)
         valid = matches.any(1)
         self.skipped += int((~valid).sum())
         matches = matches[valid]
         if matches.shape[0] == 0:
             return
+        if exclude is not None:
+            position = position[valid]
+        position = position.expand(matches.shape[0], m)
         self.valid += matches.shape[0]
         hits = matches.to(torch.float64)
-        position = torch.arange(1, m + 1, dtype=torch.float64)  # 1-based rank positions
         num_pos = hits.sum(1)
-        first = hits.argmax(1)  # 0-based position of the first positive (argmax: first maximum)
-        ranks = torch.tensor(self.ranks, dtype=torch.long)
-        self.cmc += (first[:, None] < ranks[None, :]).sum(0).to(torch.float64)
-        precision = hits.cumsum(1) / position
-        self.ap += float(((precision * hits).sum(1) / num_pos).sum())
-        last = (hits * position).amax(1)  # 1-based position of the hardest positive
+        first = position.gather(1, hits.argmax(1, keepdim=True)).squeeze(1)  # rank of the first positive
+        ranks = torch.tensor(self.ranks, dtype=torch.float64)
+        self.cmc += (first[:, None] <= ranks[None, :]).sum(0).to(torch.float64)
+        precision = torch.where(matches, hits.cumsum(1) / position.clamp_min(1.0), torch.zeros((), dtype=torch.float64))
+        self.ap += float((precision.sum(1) / num_pos).sum())
+        last = (hits * position).amax(1)  # rank of the hardest positive
         self.inp += float((num_pos / last).sum())
 
     def result(self, probe_labels: list, gallery_labels: list) -> dict:
@@ -188,6 +197,8 @@ def evaluate_retrieval(
     gallery_labels: Sequence,
     metric: str = "euc",
     ranks: Sequence[int] = (1, 5, 10),
+    probe_views: Sequence | None = None,
+    gallery_views: Sequence | None = None,
 ) -> dict:
     """Gait3D-style retrieval evaluation: part distance of probe x gallery embeddings, then the metrics.
 
@@ -198,6 +209,11 @@ def evaluate_retrieval(
         gallery_labels: ``m`` subject labels.
         metric: ``"euc"`` or ``"cos"`` (see :func:`qgait.evaluation.distance.part_distance`).
         ranks: CMC ranks to report.
+        probe_views, gallery_views: with both, each probe's ranking leaves out the gallery entries of its own
+            subject AND its own view, the same-camera rule of person re-identification (Zheng et al.,
+            "Scalable Person Re-identification: A Benchmark", ICCV 2015, Market-1501) that OpenGait's
+            ``evaluate_many`` applies for CCPG's "exclude identical-view" figures; positions, AP and INP are
+            counted among the remaining entries, and a probe left with no positive is skipped.
 
     Returns:
         The dict of :func:`retrieval_metrics` (percent, 0-100) plus ``"metric": metric``. The distances are
@@ -222,10 +238,26 @@ def evaluate_retrieval(
             f"gallery_labels has {len(gallery_list)} entries but gallery_emb has {gallery_t.shape[0]}"
         )
     probe_codes, gallery_codes = _encode(probe_list, gallery_list)
+    if (probe_views is None) != (gallery_views is None):
+        raise ValueError("give both probe_views and gallery_views, or neither")
+    pv = gv = None
+    if probe_views is not None:
+        pv_list = [str(v) for v in _labels_to_list(probe_views, "probe_views")]
+        gv_list = [str(v) for v in _labels_to_list(gallery_views, "gallery_views")]
+        if len(pv_list) != len(probe_list) or len(gv_list) != len(gallery_list):
+            raise ValueError(f"{len(pv_list)} probe views / {len(gv_list)} gallery views for {len(probe_list)} "
+                             f"probes / {len(gallery_list)} gallery entries")
+        view_codes: dict = {}
+        gv = torch.tensor([view_codes.setdefault(v, len(view_codes)) for v in gv_list], dtype=torch.long)
+        pv = torch.tensor([view_codes.get(v, -1) for v in pv_list], dtype=torch.long)
     acc = _Accumulator(ranks_t)
     for start in range(0, probe_t.shape[0], _CHUNK):
         dist = _part_distance_unchecked(probe_t[start : start + _CHUNK], gallery_t, metric, _CHUNK)
-        acc.add(dist, probe_codes[start : start + _CHUNK], gallery_codes)
+        pc = probe_codes[start : start + _CHUNK]
+        excl = None
+        if pv is not None:
+            excl = (gallery_codes[None, :] == pc[:, None]) & (gv[None, :] == pv[start : start + _CHUNK, None])
+        acc.add(dist, pc, gallery_codes, excl)
     out = acc.result(probe_list, gallery_list)
     out["metric"] = metric
     return out
