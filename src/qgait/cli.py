@@ -38,9 +38,12 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     if a.checkpoint.suffix in (".onnx", ".qgpack"):
         from .workflows.deploy import evaluate_onnx
 
+        if a.grew_submission is not None:
+            raise ValueError("--grew-submission evaluates a model.pt / checkpoint (not an exported model)")
         evaluate_onnx(a.checkpoint, cfg=cfg, out_dir=a.output_dir, progress=not a.quiet)
         return 0
-    run_evaluate(cfg, a.checkpoint, a.output_dir, progress=not a.quiet)
+    run_evaluate(cfg, a.checkpoint, a.output_dir, progress=not a.quiet, grew_submission=a.grew_submission,
+                 overwrite=a.overwrite)
     return 0
 
 
@@ -147,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--checkpoint", type=Path, required=True, help="model.pt, a training checkpoint (last.pt), or an exported .onnx/.qgpack model (run with ONNX Runtime)")
     p.add_argument("--output-dir", type=Path, help="write results.json and results.md here")
+    p.add_argument("--grew-submission", type=Path,
+                   help="GREW protocol: also write the CSV that GREW's evaluation server scores (20 nearest gallery "
+                   "identities per unlabelled probe)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --grew-submission file")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("quantize", help="QGait: quantize a full-precision checkpoint (two stages + IDC)",

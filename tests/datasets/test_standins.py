@@ -78,7 +78,7 @@ def test_gait3d_end_to_end(tmp_path):
     assert via_store["rank-1"] == pytest.approx(r["rank-1"]) and via_store["mAP"] == pytest.approx(r["mAP"])
 
 
-def test_grew_end_to_end(tmp_path):
+def test_grew_end_to_end(tmp_path, capsys):
     fake = write_grew(tmp_path / "GREW")
     summary = pretreat_folder(fake["src"], tmp_path / "store", layout="grew", progress=False)
     assert summary.n_sequences == 9 + 20 + 3 and not summary.skipped
@@ -94,6 +94,21 @@ def test_grew_end_to_end(tmp_path):
     lines = out.read_text().splitlines()
     assert len(lines) == 4 and sorted(line.split(",")[0] for line in lines[1:]) == sorted(fake["probe_ids"])
     assert all(len(line.split(",")) == 21 for line in lines)
+    # the same file from the command line: qgait evaluate --grew-submission
+    from qgait.cli import main
+
+    sub = tmp_path / "cli" / "submission.csv"
+    argv = ["evaluate", tmp_path / "run.yaml", "--checkpoint", tmp_path / "run" / "model.pt", "--quiet",
+            "--grew-submission", sub, "--output-dir", tmp_path / "cli"]
+    assert main([str(a) for a in argv]) == 0
+    assert sub.read_text() == out.read_text()
+    capsys.readouterr()
+    assert main([str(a) for a in argv]) == 2 and "--overwrite" in capsys.readouterr().err  # never overwritten
+    ccpg_cfg = tmp_path / "ccpg.yaml"
+    ccpg_cfg.write_text((tmp_path / "run.yaml").read_text().replace("protocol: GREW", "protocol: ccpg"))
+    assert main([str(a) for a in ["evaluate", ccpg_cfg, "--checkpoint", tmp_path / "run" / "model.pt",
+                                  "--grew-submission", tmp_path / "x.csv", "--quiet"]]) == 2
+    assert "needs the GREW protocol" in capsys.readouterr().err
 
 
 def test_oumvlp_end_to_end_both_variants(tmp_path):

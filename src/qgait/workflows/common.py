@@ -150,10 +150,12 @@ def set_threads(threads: int | None) -> None:
 
 
 def evaluate_with_stats(model, store: SequenceStore, subjects, cfg: ExperimentConfig, device, progress: bool,
-                        fp_stats: dict | None = None) -> dict:
+                        fp_stats: dict | None = None, keep_embeddings: bool = False) -> dict:
     """Evaluate ``model`` on the test ``subjects`` with ``cfg``'s protocol (:func:`evaluate_on_store`) and add the
     embedding-space diagnostics (issue 13): ``embedding_stats`` of the test embeddings (per-part norm, inter- and
-    intra-class distance; 20,000 sampled pairs) and, given the FP model's ``fp_stats``, ``embedding_drift``."""
+    intra-class distance; 20,000 sampled pairs) and, given the FP model's ``fp_stats``, ``embedding_drift``.
+    ``keep_embeddings``: the result keeps ``"embeddings"`` and ``"records"`` (the caller pops them before
+    writing the JSON)."""
     from ..evaluation.embedding_stats import embedding_drift, embedding_stats
     from ..evaluation.runner import evaluate_on_store
 
@@ -164,4 +166,6 @@ def evaluate_with_stats(model, store: SequenceStore, subjects, cfg: ExperimentCo
     res["embedding_stats"] = embedding_stats(emb, [r.subject for r in recs], max_pairs=20_000)
     if fp_stats is not None:
         res["embedding_drift"] = embedding_drift(res["embedding_stats"], fp_stats)
+    if keep_embeddings:
+        res["embeddings"], res["records"] = emb, recs
     return res

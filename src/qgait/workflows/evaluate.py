@@ -20,7 +20,8 @@ def checkpoint_input_size(meta: dict) -> tuple[int, int] | None:
 
 
 def run_evaluate(cfg: ExperimentConfig, checkpoint: str | Path, out_dir: str | Path | None = None,
-                 progress: bool = True, name: str = "results") -> dict:
+                 progress: bool = True, name: str = "results", grew_submission: str | Path | None = None,
+                 overwrite: bool = False) -> dict:
     """Evaluate ``checkpoint`` with ``cfg``'s data, protocol and metric; write JSON + Markdown to ``out_dir``.
 
     The frames are resized to the input size the checkpoint was trained at (it is saved with the model), not to
@@ -28,9 +29,23 @@ def run_evaluate(cfg: ExperimentConfig, checkpoint: str | Path, out_dir: str | P
     The terminal gets the rank-1 summary and the path of the full tables when ``out_dir`` is given, else the
     full tables.
 
+    ``grew_submission``: with the GREW protocol, also write the CSV GREW's server scores (the 20 nearest gallery
+    identities of every unlabelled probe, :func:`qgait.evaluation.grew.write_grew_submission`), checked before
+    any work (not an existing file unless ``overwrite``).
+
     Raises:
         CheckpointError: a missing or corrupt checkpoint, or weights that do not fit its model.
+        ValueError: ``grew_submission`` with another protocol than GREW.
     """
+    if grew_submission is not None:
+        from ..evaluation.runner import _dataset_protocol
+        from .outputs import check_outputs
+
+        if _dataset_protocol(cfg.eval.protocol) != "grew":
+            raise ValueError(f"--grew-submission needs the GREW protocol (eval.protocol: grew), this config's is "
+                             f"{cfg.eval.protocol!r}")
+        grew_submission = Path(grew_submission)
+        check_outputs([grew_submission], [checkpoint], overwrite)
     set_threads(cfg.train.threads)
     model, meta = load_inference_model(checkpoint, cfg.model.name, cfg.model.args)
     size = checkpoint_input_size(meta)
@@ -42,7 +57,18 @@ def run_evaluate(cfg: ExperimentConfig, checkpoint: str | Path, out_dir: str | P
     split = split_subjects(store, cfg.data)
     log(f"evaluating {checkpoint} on {len(split.test_subjects)} test subjects")
     res = evaluate_with_stats(model, store, split.test_subjects, cfg,
-                              "cpu" if not torch.cuda.is_available() else "cuda", progress)
+                              "cpu" if not torch.cuda.is_available() else "cuda", progress,
+                              keep_embeddings=grew_submission is not None)
+    if grew_submission is not None:
+        from ..evaluation.grew import grew_submission_rows, write_grew_submission
+
+        emb, recs = res.pop("embeddings"), res.pop("records")
+        rows = grew_submission_rows(emb, [r.subject for r in recs], [r.condition for r in recs],
+                                    [r.view for r in recs], metric=cfg.eval.metric)
+        grew_submission.parent.mkdir(parents=True, exist_ok=True)
+        write_grew_submission(rows, grew_submission)
+        res["grew_submission"] = {"path": str(grew_submission), "probes": len(rows)}
+        log(f"wrote {grew_submission} ({len(rows)} probes; upload it to GREW's evaluation server)")
     res["model"] = str(checkpoint)
     md = write_results(res, out_dir, name)[1] if out_dir is not None else None
     print_summary(res, md)
