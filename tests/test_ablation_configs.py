@@ -49,9 +49,10 @@ def test_config_loads_with_its_name_and_the_shared_budget(name):
                          ids=lambda p: p.stem)
 def test_stage2_probes_share_the_recipes_stage1(path):
     """The stage-2 probes continue one stage-1 model (--stage1-from), so their stage 1 and quantizer settings
-    must be the recipe's; only stage 2 differs, with the same 200 iterations."""
+    must be those of the recipe they were run on (frozen as results/ablation/configs/_recipe_v1.yaml); only
+    stage 2 differs, with the same 200 iterations."""
     cfg = load_config(path)
-    recipe = load_config(REPO / "configs" / "qgait_w4a4_cpu.yaml")
+    recipe = load_config(REPO / "results" / "ablation" / "configs" / "_recipe_v1.yaml")
     assert cfg.name == path.stem
     assert cfg.quant.stage1 == recipe.quant.stage1
     assert cfg.quant.config == recipe.quant.config and cfg.quant.idc == recipe.quant.idc

@@ -31,6 +31,19 @@ QUICK_BENCH_VARIANTS = ("torch_fp32_eager", "ort_fp32", "ort_int8_qat", "ort_int
 compiling variants, torch.compile and PT2E + inductor, cost minutes on a slow CPU and run in the full job)."""
 
 
+
+def describe_stages(cfg) -> str:
+    """``stage 1 LSQ + STE, stage 2 LSQ + STE`` (plus ``+ IDC`` / ``+ IDD`` / soft) from a quantize config."""
+    q = cfg.quant
+    names = {"ste": "STE", "soft_backward": "soft quantizer", "soft_forward": "soft quantizer (forward)"}
+    parts = []
+    for k, st in ((1, q.stage1), (2, q.stage2)):
+        extra = [name for name, c in (("IDC", q.idc), ("IDD", getattr(q, "idd", None)))
+                 if c is not None and k in getattr(c, "stages", ())]
+        parts.append(f"stage {k} {q.config.quantizer.upper()} + {names.get(st.rounding, st.rounding)}"
+                     + "".join(f" + {e}" for e in extra) + f", {st.iterations} it at lr {st.lr:g}")
+    return "; ".join(parts)
+
 def zoo_checkpoint() -> Path | None:
     """``zoo/gaitbase_casiab_cpu/model.pt`` of the project folder (:func:`qgait.recipes.project_root`: the
     repository checkout), or None where it is not there (qgait installed without its repository)."""
@@ -102,7 +115,7 @@ def run_main_job(quick: bool = False, data: str | Path | None = None, out_root: 
         fp = {"checkpoint": str(fp_checkpoint), "eval": fp_results}
         fp_name = f"{fp_checkpoint.parent.name} FP32"
         qat_from = bench_fp = fp_checkpoint
-    log(f"[2/3] QGait W4A4 (stage 1 LSQ + IDC, stage 2 soft quantizer + IDC): {q_path.name} -> {q_dir}")
+    log(f"[2/3] QGait W4A4 ({describe_stages(q_cfg)}): {q_path.name} -> {q_dir}")
     q = run_quantize(q_cfg, qat_from, q_dir, progress=progress, fp_results=fp_results, fp_embedding_stats=fp_stats)
     if fp_results is None:  # evaluated by the QAT run on its test subjects
         fp["eval"] = q["stages"].get("fp")
