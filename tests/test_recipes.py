@@ -104,3 +104,21 @@ def test_run_config_is_written_relative_to_the_run_folder(tmp_path):
     assert dumped["data"]["store"] == "../../stores/s"
     (run / "config.yaml").write_text(yaml.safe_dump(dumped))
     assert load_config(run / "config.yaml").data.store == (tmp_path / "stores" / "s").resolve()
+
+
+@pytest.mark.parametrize("dataset", ["casiab", "gait3d", "grew", "oumvlp", "ccpg"])
+def test_full_size_qgait_recipes_follow_the_cpu_recipes_measured_best(dataset):
+    """Each dataset's full-size QGait W4A4 / W8A8 recipe: its FP recipe's data and model, two-stage LSQ + STE with
+    the soft quantizer, IDC and IDD off (what docs/lowbit.md kept), scaled to the FP schedule as the CPU recipe is
+    (15 % + 5 % of the FP iterations at a tenth / a hundredth of its lr)."""
+    fp, cpu = load_config(f"gaitbase_{dataset}"), load_config("qgait_w4a4_cpu")
+    for bits in (4, 8):
+        q = load_config(f"qgait_w{bits}a{bits}_{dataset}")
+        assert q.data == fp.data and q.model == fp.model and q.eval == fp.eval
+        assert (q.quant.config.weight_bits, q.quant.config.act_bits) == (bits, bits)
+        assert q.quant.config.quantizer == cpu.quant.config.quantizer == "lsq"
+        assert q.quant.stage1.rounding == q.quant.stage2.rounding == "ste" and q.quant.idc is None
+        assert q.quant.idd is None and cpu.quant.idc is None
+        assert q.quant.stage1.iterations == round(0.15 * fp.train.iterations)
+        assert q.quant.stage2.iterations == round(0.05 * fp.train.iterations)
+        assert q.quant.stage1.lr == pytest.approx(fp.optim.lr / 10) and q.quant.stage2.lr == pytest.approx(fp.optim.lr / 100)
