@@ -58,7 +58,7 @@ def run_evaluate(cfg: ExperimentConfig, checkpoint: str | Path, out_dir: str | P
     log(f"evaluating {checkpoint} on {len(split.test_subjects)} test subjects")
     res = evaluate_with_stats(model, store, split.test_subjects, cfg,
                               "cpu" if not torch.cuda.is_available() else "cuda", progress,
-                              keep_embeddings=grew_submission is not None)
+                              **({"keep_embeddings": True} if grew_submission is not None else {}))
     if grew_submission is not None:
         from ..evaluation.grew import grew_submission_rows, write_grew_submission
 
