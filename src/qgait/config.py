@@ -162,6 +162,9 @@ class QuantExperimentConfig(_Strict):
     idd: IDDConfig | None = Field(None, description="distance distillation from the FP model (off by default)")
     plot: bool = Field(True, description="save the inter-class distance histogram (FP vs stage 1 vs final)")
     evaluate_stage1: bool = Field(True, description="evaluate the stage-1 model of a two-stage run (test set)")
+    bn_reestimate_batches: int = Field(
+        0, ge=0, description="after the last QAT stage, re-estimate the batch-norm statistics on this many training "
+        "batches with the final quantized weights (qgait.quant.bn_stats) before model.pt is saved; 0: off")
 
 
 class KLDistillConfig(_Strict):

@@ -102,6 +102,26 @@ def test_stage2_only_idd_and_soft_variants(small_config_file, fp_run, tmp_path):
     assert (out / "stage2_results.json").is_file()
 
 
+def test_bn_reestimation_after_the_last_stage(small_config_file, fp_run, tmp_path):
+    """quant.bn_reestimate_batches: model.pt carries batch-norm statistics re-estimated with the final weights
+    (the training checkpoint keeps the trained ones); the same on a resumed, finished run."""
+    cfg = load_config(small_config_file, quant_overrides(stage1=2, stage2=1) + [
+        "quant.idc=null", "quant.evaluate_stage1=false", "quant.plot=false", "quant.bn_reestimate_batches=2"])
+    out = tmp_path / "bn"
+    summary = run_quantize(cfg, fp_run / "last.pt", out, progress=False, fp_results={"mean": 0.0})
+    assert summary["bn_reestimated_batches"] == 2
+    saved = load_checkpoint(out / "model.pt")["state_dict"]
+    trained = {k[len("model."):]: v for k, v in load_checkpoint(out / "stage2_last.pt")["model"].items()
+               if k.startswith("model.")}
+    keys = [k for k in saved if k.endswith("running_mean")]
+    assert keys and any(not torch.equal(saved[k], trained[k]) for k in keys)
+    assert all(torch.equal(saved[k], trained[k]) for k in saved if "running" not in k and "num_batches" not in k)
+    first = {k: saved[k].clone() for k in keys}
+    run_quantize(cfg, fp_run / "last.pt", out, progress=False, fp_results={"mean": 0.0})  # finished: resumes
+    again = load_checkpoint(out / "model.pt")["state_dict"]
+    assert all(torch.equal(again[k], first[k]) for k in keys)
+
+
 def test_ptq_calibrates_and_evaluates_without_training(small_config_file, fp_run, tmp_path):
     cfg = load_config(small_config_file, quant_overrides() + ["quant.config.quantizer=ptq"])
     summary = run_quantize(cfg, fp_run / "model.pt", tmp_path / "ptq", progress=False)

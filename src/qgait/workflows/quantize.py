@@ -35,6 +35,7 @@ from ..losses.idc import IDCTerm
 from ..losses.idd import IDDTerm
 from ..models import GaitWithHead
 from ..quant import alpha_at, calibrate_, quant_summary, quantize_, set_alpha_, set_rounding_, step_parameters
+from ..quant.bn_stats import reestimate_bn_stats
 from .common import build_losses, build_network, evaluate_with_stats, log, prepare_run
 from .distill import KD_TERMS, combine_outputs, load_teachers, prepare_distillation
 from .resume import check_resume, check_teachers, record_teachers
@@ -233,8 +234,13 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
             if not st.iterations or ptq:
                 continue
             run_stage(idx, st, cfg, train_net, trainer, summary, kd_terms)
+            intermediate = idx == 1 and q.stage2.iterations
+            if not intermediate and q.bn_reestimate_batches:  # deterministic batches: a resumed run gets the same
+                n = reestimate_bn_stats(net.model, (batches.get(2 * 10**6 + i)[0].to(ctx.device)
+                                                    for i in range(q.bn_reestimate_batches)))
+                summary["bn_reestimated_batches"] = n
+                log(f"stage {idx}: batch-norm statistics re-estimated on {n} training batches")
             if ctx.is_main:
-                intermediate = idx == 1 and q.stage2.iterations
                 save_model("stage1_model.pt" if intermediate else "model.pt")
                 if not intermediate or q.evaluate_stage1:
                     evaluate(f"stage{idx}", net.model)
