@@ -119,6 +119,7 @@ def test_full_size_qgait_recipes_follow_the_cpu_recipes_measured_best(dataset):
         assert q.quant.config.quantizer == cpu.quant.config.quantizer == "lsq"
         assert q.quant.stage1.rounding == q.quant.stage2.rounding == "ste" and q.quant.idc is None
         assert q.quant.idd is None and cpu.quant.idc is None
+        assert q.quant.bn_reestimate_batches == cpu.quant.bn_reestimate_batches > 0
         assert q.quant.stage1.iterations == round(0.15 * fp.train.iterations)
         assert q.quant.stage2.iterations == round(0.05 * fp.train.iterations)
         assert q.quant.stage1.lr == pytest.approx(fp.optim.lr / 10) and q.quant.stage2.lr == pytest.approx(fp.optim.lr / 100)

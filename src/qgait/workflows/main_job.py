@@ -42,6 +42,8 @@ def describe_stages(cfg) -> str:
                  if c is not None and k in getattr(c, "stages", ())]
         parts.append(f"stage {k} {q.config.quantizer.upper()} + {names.get(st.rounding, st.rounding)}"
                      + "".join(f" + {e}" for e in extra) + f", {st.iterations} it at lr {st.lr:g}")
+    if q.bn_reestimate_batches:
+        parts.append(f"batch norms re-estimated on {q.bn_reestimate_batches} batches")
     return "; ".join(parts)
 
 def zoo_checkpoint() -> Path | None:
