@@ -175,3 +175,31 @@ def test_calibrate_then_identify_answers_unknown_beyond_the_threshold(small_stor
     # the uncalibrated model ranks only, as before
     rc = deploy_main([str(a) for a in ["identify", model, *gallery, *probe, "--json", "--quiet"]])
     assert rc == 0 and all(r["decision"] is None for r in json.loads(capsys.readouterr().out))
+
+
+class MaxGEI(torch.nn.Module):
+    """A streamable GEI: 4x4 average pooling per frame, then a max over frames."""
+
+    def forward(self, silhouettes: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.avg_pool2d(silhouettes, 4).amax(dim=1).transpose(1, 2)
+
+
+def test_streamed_decisions_say_unknown_beyond_the_threshold(small_store, tmp_path, capsys):
+    from qgait.cli_deploy import main as deploy_main
+    from qgait.export import export_onnx
+
+    model = export_onnx(MaxGEI(), tmp_path / "maxgei.onnx", (64, 44)).path
+    gallery = ["--gallery", small_store.path, "--gallery-subjects", "075", "--gallery-conditions", "nm-01,nm-02",
+               "--gallery-views", "090"]
+    probe = ["--probe", small_store.path, "--probe-subjects", "075", "--probe-conditions", "nm-05",
+             "--probe-views", "090"]
+    base = ["identify", model, *gallery, *probe, "--stream", "--every", "10", "--json", "--quiet"]
+    assert deploy_main([str(a) for a in base + ["--threshold", "0"]]) == 0
+    (res,) = json.loads(capsys.readouterr().out)
+    assert all(u["label"] == "unknown" and u["nearest"] == "075" and u["threshold"] == 0.0 for u in res["updates"])
+    assert deploy_main([str(a) for a in base + ["--threshold", "1e9"]]) == 0
+    (res,) = json.loads(capsys.readouterr().out)
+    assert all(u["label"] == "075" for u in res["updates"]) and res["firm_at"] is not None
+    assert deploy_main([str(a) for a in base]) == 0  # no stored threshold: labels only, as before
+    (res,) = json.loads(capsys.readouterr().out)
+    assert all("threshold" not in u for u in res["updates"])
