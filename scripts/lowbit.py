@@ -72,9 +72,10 @@ SETTINGS: dict[str, Setting] = {
             "kd_s2": "GaitKD from the FP model (part KL T 4 + AB), stage 2",
             "kd_both": "GaitKD from the FP model (part KL T 4 + AB), both stages",
             "idd_both_w300": "IDD weight 300, both stages",
+            "mixed_lcpaq": "mixed precision (LCPAQ) at uniform W3A3's size and BOPs, own stage 1",
         },
         key_rows=("lsq",),
-        own_stage1=frozenset({"kd_both", "idd_both_w300"}),
+        own_stage1=frozenset({"kd_both", "idd_both_w300", "mixed_lcpaq"}),
         teachers={"kd_s2": (FP_REL,), "kd_both": (FP_REL,)},
     ),
     "w4a4": Setting(
