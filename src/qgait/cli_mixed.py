@@ -34,7 +34,7 @@ def _cmd_mixed(a: argparse.Namespace) -> int:
         a.config, getattr(a, "from"), a.budget, a.output, runtime=a.runtime, weight_bits=a.weight_bits,
         act_bits=a.act_bits, batches=a.batches, probes=a.probes, p=a.p, k=a.k, mac_frames=a.mac_frames,
         seed=a.seed, frontier_points=a.frontier_points, frontier_png=a.frontier_png, overwrite=a.overwrite,
-        progress=not a.quiet)
+        progress=not a.quiet, method=a.method)
     print(format_result(report))
     return 0
 
@@ -74,7 +74,12 @@ def add_mixed_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=2, help="sequences per subject in a Hessian batch (default 2)")
     p.add_argument("--mac-frames", type=int, default=30,
                    help="frames of the sequence whose MACs / BOPs are counted (default 30)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the batches and the probes (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the batches and the probes, and of --method random (default 0)")
+    p.add_argument("--method", choices=["lcpaq", "hessian", "random"], default="lcpaq",
+                   help="lcpaq (default): minimum summed Omega under the budget; hessian: HAWQ-style, weight Omega "
+                   "only, activations at the budget's uniform bits; random: a random allocation filling >= 97%% of "
+                   "the budget (the baselines of docs/mixed_precision.md)")
     p.add_argument("--frontier-points", type=int, default=None, metavar="N",
                    help="sample each Pareto frontier at N budgets (default: the exact walk, every corner)")
     p.add_argument("--frontier-png", type=Path, default=None, metavar="PNG", help="also plot the frontiers here")

@@ -194,3 +194,29 @@ def test_qgait_quantize_trains_the_written_config(mixed, fp_run, tmp_path):
     got = {name: (m.weight_quantizer.bits, None if m.input_quantizer is None else m.input_quantizer.bits)
            for name, m in quant_layers(model)}
     assert got == {name: (v["weight"], v.get("act")) for name, v in report["allocation"]["bit_map"].items()}
+
+
+def test_baseline_methods_fill_the_same_budget_and_cost_no_less(mixed, quant_config, fp_run, tmp_path):
+    """--method hessian / random (the table's other rows): same budget, each written config reads back with its
+    bit map, and neither has a smaller summed Omega than LCPAQ's optimum."""
+    _, lcpaq, _ = mixed
+    bounds = lcpaq["budget"]["bounds"]
+    for method in ("hessian", "random"):
+        out = tmp_path / f"{method}.yaml"
+        rep = run_mixed_precision(quant_config, fp_run / "model.pt", "size=w3a3,bops=w3a3", out, progress=False,
+                                  method=method, seed=3, **CHEAP)
+        assert rep["method"] == method
+        alloc = rep["allocation"]
+        for k, b in bounds.items():
+            assert alloc["metrics"][k] <= b * (1 + 1e-9)
+        if method == "random":
+            assert alloc["metrics"]["size_bits"] >= 0.97 * bounds["size_bits"]
+        if method == "hessian":
+            assert {v.get("act") for v in alloc["bit_map"].values() if "act" in v} <= {3}
+        assert alloc["cost"] >= lcpaq["allocation"]["cost"] - 1e-12
+        back = load_config(out).quant.config.bit_map
+        assert {n: v.model_dump(exclude_none=True) for n, v in back.items()} == alloc["bit_map"]
+        assert f"--method {method}" in out.read_text()
+    with pytest.raises(ValueError, match="size=wXaY or bops=wXaY"):
+        run_mixed_precision(quant_config, fp_run / "model.pt", "size=3", tmp_path / "h2.yaml", progress=False,
+                            method="hessian", **CHEAP)

@@ -240,7 +240,7 @@ def run_mixed_precision(config: str | Path, fp_checkpoint: str | Path, budget: s
                         act_bits: Sequence[int] = (3, 4, 8), batches: int = 2, probes: int = 4,
                         p: int | None = None, k: int = 2, mac_frames: int = 30, seed: int = 0,
                         frontier_points: int | None = None, frontier_png: str | Path | None = None,
-                        overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+                        overwrite: bool = False, progress: bool = True, method: str = "lcpaq") -> dict[str, Any]:
     """Choose per-layer bits for ``config`` under ``budget`` and write the quantize config (module docstring).
 
     Args:
@@ -259,6 +259,11 @@ def run_mixed_precision(config: str | Path, fp_checkpoint: str | Path, budget: s
         frontier_png: also plot the frontiers there.
         overwrite: replace existing outputs.
         progress: log each step to stderr.
+        method: ``"lcpaq"`` (default): the minimum summed ``Omega`` under the budget; ``"hessian"``: HAWQ-style,
+            weight ``Omega`` only with every layer at the budget's uniform activation bits
+            (:func:`~qgait.quant.mixed.hessian_only_options`; needs a ``size=wXaY`` / ``bops=wXaY`` budget);
+            ``"random"``: a random allocation filling at least 97 % of each budget
+            (:func:`~qgait.quant.mixed.random_allocation`, seeded by ``seed``): the rows LCPAQ is compared with.
 
     Returns:
         the report (also written as JSON): ``layers`` (traces, standard errors, ``Omega`` per bits, chosen bits),
@@ -273,9 +278,10 @@ def run_mixed_precision(config: str | Path, fp_checkpoint: str | Path, budget: s
     """
     from ..config import load_config, resolve_config_path
     from ..data.loader import TrainBatches
-    from ..quant.mixed import (RUNTIMES, allocate, bit_map_of, build_options, count_macs, find_residual_ties,
-                               frontier_json, layer_sensitivity, pareto_frontier, plot_frontier, target_layers,
-                               uniform, write_quant_config)
+    from ..quant.mixed import (RUNTIMES, allocate, bit_map_of, build_options, count_macs, evaluate_choice,
+                               find_residual_ties, frontier_json, hessian_only_options, layer_sensitivity,
+                               pareto_frontier, plot_frontier, random_allocation, target_layers, uniform,
+                               write_quant_config)
     from .common import build_losses, open_or_build_store, split_subjects
     from .outputs import check_outputs, staged
     from .quantize import load_fp_network
@@ -283,6 +289,12 @@ def run_mixed_precision(config: str | Path, fp_checkpoint: str | Path, budget: s
     t_start = time.perf_counter()
     say = log if progress else (lambda _msg: None)
     terms = parse_budget(budget)  # malformed budgets fail before anything is loaded
+    if method not in ("lcpaq", "hessian", "random"):
+        raise ValueError(f"method must be lcpaq, hessian or random, got {method!r}")
+    hessian_act = next((t.act_bits for t in terms if t.value is None), None)
+    if method == "hessian" and hessian_act is None:
+        raise ValueError("--method hessian keeps every layer at the uniform setting's activation bits: give the "
+                         "budget as size=wXaY or bops=wXaY")
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
     weight_bits = _bits_tuple("--weight-bits", weight_bits)
@@ -352,7 +364,14 @@ def run_mixed_precision(config: str | Path, fp_checkpoint: str | Path, budget: s
     t0 = time.perf_counter()
     try:
         with _quiet_stdout():
-            alloc = allocate(options, budgets, ties)
+            if method == "lcpaq":
+                alloc = allocate(options, budgets, ties)
+            elif method == "hessian":
+                picked = allocate(hessian_only_options(options, sens, hessian_act), budgets, ties).choice
+                # the same choice costed with the full Omega, so that the methods compare
+                alloc = evaluate_choice(options, lambda n, o: o.bits == picked[n].bits, budgets)
+            else:
+                alloc = random_allocation(options, budgets, ties, seed=seed)
     except ValueError as e:
         if not str(e).startswith("infeasible"):
             raise
@@ -386,7 +405,8 @@ def run_mixed_precision(config: str | Path, fp_checkpoint: str | Path, budget: s
     ref_omega = {k: v["omega"] for k, v in refs.items() if v["omega"] is not None}
     train_cmd = f"qgait quantize {out_path} --from {fp_checkpoint}"
     spec = ",".join(t.spec() for t in terms)
-    comment = (f"Mixed precision by `qgait mixed-precision` ({date.today()}): --budget {spec} (runtime {runtime}) "
+    comment = (f"Mixed precision by `qgait mixed-precision` ({date.today()}): --method {method}"
+               + (f" --seed {seed}" if method == "random" else "") + f" --budget {spec} (runtime {runtime}) "
                f"over {config}, FP model {fp_checkpoint}.\n"
                f"Weights {alloc.metrics['size_bits'] / 8192:.2f} KiB, {alloc.metrics['bops'] / 1e9:.4g} GBOPs per "
                f"{mac_frames}-frame sequence, summed Omega {alloc.cost:.4g}"
@@ -410,6 +430,7 @@ def run_mixed_precision(config: str | Path, fp_checkpoint: str | Path, budget: s
                     "chosen": {"weight": alloc.choice[t.name].weight_bits, "act": alloc.choice[t.name].act_bits}}
                    for t in layers],
         "ties": [list(t.layers) for t in ties],
+        "method": method,
         "allocation": {**alloc.to_dict(), **_figures(alloc), "bit_map": bit_map},
         "uniform": refs,
         "frontiers": {m: frontier_json(f, m) for m, f in fronts.items()},

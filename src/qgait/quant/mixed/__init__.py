@@ -26,8 +26,10 @@ Public API (one module per job)::
     build_options, uniform                                        # options.py
     pareto_frontier, frontier_json, plot_frontier                 # frontier.py
     bit_map_of, write_quant_config                                # bitmap.py
+    random_allocation, hessian_only_options                       # baselines.py (the table's other rows)
 """
 
+from .baselines import hessian_only_options, random_allocation
 from .bitmap import bit_map_of, write_quant_config
 from .frontier import frontier_json, pareto_frontier, plot_frontier
 from .hardware import RUNTIMES, RuntimeProfile, count_macs, get_runtime
@@ -50,4 +52,5 @@ __all__ = [
     "build_options", "uniform",
     "pareto_frontier", "frontier_json", "plot_frontier",
     "bit_map_of", "write_quant_config",
+    "random_allocation", "hessian_only_options",
 ]

@@ -155,8 +155,9 @@ class _Program:
         except KeyError:
             raise ValueError(f"budget on {key!r}: not a metric of every option") from None
 
-    def solve(self, c: np.ndarray, budgets: Mapping[str, float], time_limit: float | None):
-        """Optimal choice ``{layer: Option}`` or ``None`` when infeasible.
+    def solve(self, c: np.ndarray, budgets: Mapping[str, float], time_limit: float | None,
+              floors: Mapping[str, float] | None = None):
+        """Optimal choice ``{layer: Option}`` or ``None`` when infeasible (``floors``: lower bounds on metrics).
 
         Budget rows stay in their own units: HiGHS' primal feasibility tolerance (1e-7) is absolute, so scaling a
         row of BOPs (coefficients up to 1e10) down to 1 would let a solution overshoot by 1e3 BOPs (measured). A
@@ -175,6 +176,8 @@ class _Program:
             cons = [LinearConstraint(self.a_eq, self.b_eq, self.b_eq)]
             if rows:
                 cons.append(LinearConstraint(np.array(list(rows.values())), -np.inf, np.array(list(bounds.values()))))
+            for k, lo in (floors or {}).items():
+                cons.append(LinearConstraint(self.metric(k)[None, :], lo, np.inf))
             res = milp(c, constraints=cons, integrality=np.ones(self.n), bounds=Bounds(0, 1), options=opts)
             if res.status == 2:
                 return None
