@@ -73,9 +73,11 @@ SETTINGS: dict[str, Setting] = {
             "kd_both": "GaitKD from the FP model (part KL T 4 + AB), both stages",
             "idd_both_w300": "IDD weight 300, both stages",
             "mixed_lcpaq": "mixed precision (LCPAQ) at uniform W3A3's size and BOPs, own stage 1",
+            "mixed_hessian": "mixed precision, Hessian-only (HAWQ-style), same size and BOPs, own stage 1",
+            "mixed_random": "mixed precision, random allocation, same size and BOPs, own stage 1",
         },
         key_rows=("lsq",),
-        own_stage1=frozenset({"kd_both", "idd_both_w300", "mixed_lcpaq"}),
+        own_stage1=frozenset({"kd_both", "idd_both_w300", "mixed_lcpaq", "mixed_hessian", "mixed_random"}),
         teachers={"kd_s2": (FP_REL,), "kd_both": (FP_REL,)},
     ),
     "w4a4": Setting(
