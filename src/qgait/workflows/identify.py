@@ -320,7 +320,7 @@ def identify_stream(model: str | Path, gallery_sources, probe_sources, *, every:
     """
     from ..data.plausible import silhouette_problem
     from ..runtime import GaitEmbedder, StreamingEmbedder, identify
-    from .calibrate import resolve_rule
+    from .calibrate import decide, resolve_rule
 
     if every < 1 or firm_after < 1:
         raise ValueError(f"every and firm_after must be at least 1, got {every} and {firm_after}")
@@ -348,7 +348,7 @@ def identify_stream(model: str | Path, gallery_sources, probe_sources, *, every:
                 continue
             top = identify(stream.embedding(), gallery, top_k=2, metric=metric)
             nearest, dist = top[0]
-            label = nearest if rule is None or dist <= rule["threshold"] else "unknown"
+            label = nearest if rule is None else decide(top, rule)["label"]
             run = run + 1 if label == last else 1
             last = label
             if run == 1:

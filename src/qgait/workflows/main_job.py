@@ -31,20 +31,20 @@ QUICK_BENCH_VARIANTS = ("torch_fp32_eager", "ort_fp32", "ort_int8_qat", "ort_int
 compiling variants, torch.compile and PT2E + inductor, cost minutes on a slow CPU and run in the full job)."""
 
 
-
 def describe_stages(cfg) -> str:
-    """``stage 1 LSQ + STE, stage 2 LSQ + STE`` (plus ``+ IDC`` / ``+ IDD`` / soft) from a quantize config."""
+    """``stage 1 LSQ + STE, ...; stage 2 ...`` (plus ``+ IDC`` / ``+ IDD``, the soft quantizer and the batch-norm
+    re-estimation where the config turns them on) for the main job's log."""
     q = cfg.quant
     names = {"ste": "STE", "soft_backward": "soft quantizer", "soft_forward": "soft quantizer (forward)"}
     parts = []
     for k, st in ((1, q.stage1), (2, q.stage2)):
-        extra = [name for name, c in (("IDC", q.idc), ("IDD", getattr(q, "idd", None)))
-                 if c is not None and k in getattr(c, "stages", ())]
-        parts.append(f"stage {k} {q.config.quantizer.upper()} + {names.get(st.rounding, st.rounding)}"
-                     + "".join(f" + {e}" for e in extra) + f", {st.iterations} it at lr {st.lr:g}")
+        extra = "".join(f" + {name}" for name, c in (("IDC", q.idc), ("IDD", q.idd)) if c is not None and k in c.stages)
+        parts.append(f"stage {k} {q.config.quantizer.upper()} + {names.get(st.rounding, st.rounding)}{extra}, "
+                     f"{st.iterations} it at lr {st.lr:g}")
     if q.bn_reestimate_batches:
         parts.append(f"batch norms re-estimated on {q.bn_reestimate_batches} batches")
     return "; ".join(parts)
+
 
 def zoo_checkpoint() -> Path | None:
     """``zoo/gaitbase_casiab_cpu/model.pt`` of the project folder (:func:`qgait.recipes.project_root`: the
