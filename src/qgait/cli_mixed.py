@@ -1,7 +1,8 @@
-"""Mixed-precision command of the ``qgait`` command line: ``mixed-precision`` (issue 15, LCPAQ).
+"""Mixed-precision commands of the ``qgait`` command line: ``mixed-precision`` and ``proxy-search`` (issue 15,
+LCPAQ).
 
 Hooked into ``qgait.cli.build_parser`` by :func:`add_mixed_commands`; the work is
-:func:`qgait.workflows.mixed.run_mixed_precision`. Errors (a malformed or infeasible budget, an existing output,
+:func:`qgait.workflows.mixed.run_mixed_precision` and :func:`qgait.workflows.proxy_search.run_proxy_search`. Errors (a malformed or infeasible budget, an existing output,
 a config without a ``quant`` section) are ``ValueError`` s printed by ``qgait.cli.run_command`` as
 ``qgait: error: ...`` (exit status 2).
 """
@@ -39,8 +40,26 @@ def _cmd_mixed(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_proxy(a: argparse.Namespace) -> int:
+    from .config import load_config
+    from .workflows.proxy_search import Candidate, ProxySpec, format_ranking, run_proxy_search
+
+    spec = ProxySpec(a.iterations, a.test_subjects, a.stage1_iterations)
+    candidates: dict[str, Candidate] = {}
+    for path in a.configs:
+        cfg = load_config(path, a.overrides)
+        name = Path(path).stem
+        if name in candidates:
+            raise ValueError(f"{path}: two candidates named {name!r} (candidates are named by their file's stem)")
+        candidates[name] = Candidate(cfg, tuple(a.teachers or ()) if cfg.distill is not None else ())
+    report = run_proxy_search(candidates, getattr(a, "from"), a.output_dir, spec, stage1_from=a.stage1_from,
+                              progress=not a.quiet)
+    print(format_ranking(report))
+    return 0
+
+
 def add_mixed_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``mixed-precision`` to the ``qgait`` sub-command parsers."""
+    """Add ``mixed-precision`` and ``proxy-search`` to the ``qgait`` sub-command parsers."""
     p = subparsers.add_parser(
         "mixed-precision", help="choose per-layer bits under a size / BOPs budget and write a quantize config",
         description="Mixed precision (LCPAQ, docs/mixed_precision.md): Hessian sensitivity of each quantized layer "
@@ -86,6 +105,32 @@ def add_mixed_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_cmd_mixed)
+
+    p = subparsers.add_parser(
+        "proxy-search", help="rank quantize configs with short proxy runs (LCPAQ's low-cost proxy search)",
+        description="Low-cost proxy search (LCPAQ, docs/mixed_precision.md): each CONFIG (a candidate: learning "
+        "rate, rounding, losses...) trains only the first --iterations iterations of its stage 2, from one shared "
+        "stage-1 checkpoint (--stage1-from) or its own shortened stage 1, and is evaluated on the first "
+        "--test-subjects test subjects; prints the candidates best first and writes OUTPUT_DIR/proxy_search.json "
+        "(each candidate's run folder beside it; an interrupted search resumes).")
+    p.add_argument("configs", nargs="+", type=Path, metavar="CONFIG",
+                   help="quantize configs, one per candidate (named by the file's stem)")
+    p.add_argument("--from", required=True, type=Path, metavar="FP_CKPT", help="full-precision checkpoint")
+    p.add_argument("--output-dir", required=True, type=Path, help="folder of the proxy runs and the report")
+    p.add_argument("--iterations", required=True, type=int, metavar="N",
+                   help="stage-2 iterations of each proxy run (the first N of the candidate's stage 2)")
+    p.add_argument("--test-subjects", type=int, default=None, metavar="N",
+                   help="evaluate on the first N test subjects (default: all)")
+    p.add_argument("--stage1-from", type=Path, default=None, metavar="RUN_DIR",
+                   help="a finished quantize run whose stage 1 every candidate reuses")
+    p.add_argument("--stage1-iterations", type=int, default=None, metavar="N",
+                   help="without --stage1-from: each candidate's stage 1 cut to N iterations")
+    p.add_argument("--teacher", dest="teachers", action="append", type=Path, metavar="CKPT",
+                   help="distillation teacher for the candidates with a distill section (repeatable)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override applied to every candidate's config (e.g. train.seed=0)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=_cmd_proxy)
 
 
 def build_mixed_parser() -> argparse.ArgumentParser:
