@@ -76,7 +76,7 @@ SETTINGS: dict[str, Setting] = {
             "mixed_hessian": "mixed precision, Hessian-only (HAWQ-style), same size and BOPs, own stage 1",
             "mixed_random": "mixed precision, random allocation, same size and BOPs, own stage 1",
         },
-        key_rows=("lsq",),
+        key_rows=("lsq", "mixed_lcpaq"),
         own_stage1=frozenset({"kd_both", "idd_both_w300", "mixed_lcpaq", "mixed_hessian", "mixed_random"}),
         teachers={"kd_s2": (FP_REL,), "kd_both": (FP_REL,)},
     ),
