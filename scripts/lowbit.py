@@ -75,9 +75,11 @@ SETTINGS: dict[str, Setting] = {
             "mixed_lcpaq": "mixed precision (LCPAQ) at uniform W3A3's size and BOPs, own stage 1",
             "mixed_hessian": "mixed precision, Hessian-only (HAWQ-style), same size and BOPs, own stage 1",
             "mixed_random": "mixed precision, random allocation, same size and BOPs, own stage 1",
+            "lsq_stem8": "uniform W3A3 with the stem's weights at 8 bits (LCPAQ's stem choice alone), own stage 1",
         },
         key_rows=("lsq", "mixed_lcpaq"),
-        own_stage1=frozenset({"kd_both", "idd_both_w300", "mixed_lcpaq", "mixed_hessian", "mixed_random"}),
+        own_stage1=frozenset({"kd_both", "idd_both_w300", "mixed_lcpaq", "mixed_hessian", "mixed_random",
+                              "lsq_stem8"}),
         teachers={"kd_s2": (FP_REL,), "kd_both": (FP_REL,)},
     ),
     "w4a4": Setting(
