@@ -106,7 +106,7 @@ def test_run_config_is_written_relative_to_the_run_folder(tmp_path):
     assert load_config(run / "config.yaml").data.store == (tmp_path / "stores" / "s").resolve()
 
 
-@pytest.mark.parametrize("dataset", ["casiab", "gait3d", "grew", "oumvlp", "ccpg"])
+@pytest.mark.parametrize("dataset", ["casiab", "gait3d", "grew", "oumvlp", "ccpg", "sustech1k"])
 def test_full_size_qgait_recipes_follow_the_cpu_recipes_measured_best(dataset):
     """Each dataset's full-size QGait W4A4 / W8A8 recipe: its FP recipe's data and model, two-stage LSQ + STE with
     the soft quantizer, IDC and IDD off (what docs/lowbit.md kept), scaled to the FP schedule as the CPU recipe is
@@ -123,3 +123,26 @@ def test_full_size_qgait_recipes_follow_the_cpu_recipes_measured_best(dataset):
         assert q.quant.stage1.iterations == round(0.15 * fp.train.iterations)
         assert q.quant.stage2.iterations == round(0.05 * fp.train.iterations)
         assert q.quant.stage1.lr == pytest.approx(fp.optim.lr / 10) and q.quant.stage2.lr == pytest.approx(fp.optim.lr / 100)
+
+
+@pytest.mark.parametrize("dataset, blocks", [("casiab", [1, 1, 1, 1]), ("gait3d", [1, 4, 4, 1]), ("ccpg", [1, 1, 1, 1]),
+                                             ("sustech1k", [1, 1, 1, 1])])
+def test_gaitkd_pairs_distil_the_datasets_gaitbase_recipe_from_its_deepgaitv2(dataset, blocks):
+    """Each full-size GaitKD pair: the student is the dataset's GaitBase recipe plus GaitKD's reference terms (KL at
+    T = 4 weight 1, AB margin 1 weight 0.003); the teacher is DeepGaitV2 (P3D, the blocks of OpenGait's DeepGaitV2
+    recipe for the dataset) on the same data, partition, input and protocol, with the same strips and part
+    embeddings, so the KL and AB terms compare like with like."""
+    fp = load_config(f"gaitbase_{dataset}")
+    student, teacher = load_config(f"gaitkd_deepgaitv2_gaitbase_{dataset}"), load_config(f"deepgaitv2_{dataset}")
+    assert student.data == fp.data and student.model == fp.model and student.optim == fp.optim
+    assert student.train == fp.train and student.loss == fp.loss and student.eval == fp.eval
+    d = student.distill
+    assert (d.kl.weight, d.kl.temperature, d.kl.calibration) == (1.0, 4.0, "none")
+    assert (d.ab.weight, d.ab.margin) == (0.003, 1.0)
+    assert teacher.distill is None and teacher.model.name == "deepgaitv2"
+    assert teacher.model.args["mode"] == "p3d" and teacher.model.args["blocks"] == blocks
+    for key in ("bins", "embed_dim", "strides"):
+        assert teacher.model.args[key] == student.model.args[key]
+    assert teacher.data.partition == fp.data.partition and teacher.data.input_size == fp.data.input_size
+    assert teacher.data.store == fp.data.store and teacher.eval == fp.eval
+    assert (teacher.data.p, teacher.data.k, teacher.train.iterations) == (fp.data.p, fp.data.k, fp.train.iterations)

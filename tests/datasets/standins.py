@@ -109,13 +109,56 @@ def write_ccpg(root: Path, frames: int = 5) -> dict:
 
 
 SUSTECH1K_CONDITIONS = ("00-nm", "01-nm", "02-bg", "03-cl", "04-nt")
+SUSTECH1K_VIEWS = ("000", "090")
+SUSTECH1K_MODALITIES = ("LiDAR-PCDs", "LiDAR-PCDs_depths", "LiDAR-PCDs_sils", "Camera-Pose", "Camera-Ratios-HW",
+                        "Camera-RGB_raw", "Camera-Sils_aligned", "Camera-Sils_raw")
+"""The modality pickles of a SUSTech1K view folder, in their numbering order (00-07, then 08-15 synchronised)."""
+
+
+def _sustech1k_modalities(sils: np.ndarray, rng: np.random.Generator) -> dict[str, object]:
+    """What each modality pickle holds, shaped as OpenGait's pretreatment_SUSTech1K.py writes it (values synthetic).
+    The projected LiDAR silhouettes and the unaligned camera silhouettes are uint8 ``[T, 64, 64]`` too, shifted:
+    taking one of them instead of the aligned silhouettes would pass every check but the content."""
+    t = len(sils)
+    return {
+        "LiDAR-PCDs": [rng.normal(size=(40 + i, 3)) for i in range(t)],  # a list of point clouds, not an array
+        "LiDAR-PCDs_depths": np.zeros((t, 3, 64, 64), np.uint8),
+        "LiDAR-PCDs_sils": np.roll(sils, 6, axis=2),
+        "Camera-Pose": rng.random((t, 17, 3)),
+        "Camera-Ratios-HW": np.tile(np.array([1080, 1920]), (t, 1)),
+        "Camera-RGB_raw": np.zeros((t, 64, 64, 3), np.uint8),
+        "Camera-Sils_aligned": sils,
+        "Camera-Sils_raw": np.roll(sils, -6, axis=2),
+    }
+
+
+def write_sustech1k_view(folder: Path, sils: np.ndarray, seed: int = 0,
+                         modalities: tuple[str, ...] = SUSTECH1K_MODALITIES) -> None:
+    """One SUSTech1K view folder as released (OpenGait's ``datasets/SUSTech1K/README.md``): for each modality
+    ``NN-<view>-<modality>.pkl`` (NN 00-07) at the camera's 30 Hz, then ``NN-sync-<view>-<modality>.pkl``
+    (NN 08-15) synchronised to the LiDAR's 10 Hz (every third frame here). ``sils`` are the aligned camera
+    silhouettes, the sequence an import must take."""
+    folder.mkdir(parents=True, exist_ok=True)
+    view = folder.name
+    data = _sustech1k_modalities(sils, np.random.default_rng(seed))
+    for n, name in enumerate(SUSTECH1K_MODALITIES):
+        if name not in modalities:
+            continue
+        synced = data[name][::3]
+        for file, obj in ((f"{n:02d}-{view}-{name}.pkl", data[name]), (f"{n + 8:02d}-sync-{view}-{name}.pkl", synced)):
+            with open(folder / file, "wb") as f:
+                pickle.dump(obj, f)
 
 
 def write_sustech1k(root: Path, frames: int = 5) -> dict:
-    """OpenGait pickles ``root/<4-digit id>/<NN-cond>/<view>/*.pkl``: train 0000, 0002, 0005, test 0001, 0003,
-    0004; two views."""
+    """SUSTech1K's released pickles ``root/<4-digit id>/<NN-covariates>/<view>/`` with the 16 modality pickles of
+    :func:`write_sustech1k_view` each: train 0000, 0002, 0005, test 0001, 0003, 0004; two views. Returns
+    ``{"src", "silhouettes"}``, the latter ``{(id, condition, view): aligned silhouettes [T, 64, 64]}``."""
+    truth = {}
     for n, sid in enumerate(("0000", "0002", "0005", "0001", "0003", "0004")):
         for k, cond in enumerate(SUSTECH1K_CONDITIONS):
-            for view in ("000", "090"):
-                _write_pickle(root / sid / cond / view, silhouettes(n, frames, seed=k))
-    return {"src": root}
+            for view in SUSTECH1K_VIEWS:
+                sils = silhouettes(n, frames, seed=k)
+                write_sustech1k_view(root / sid / cond / view, sils, seed=k)
+                truth[(sid, cond, view)] = sils
+    return {"src": root, "silhouettes": truth}

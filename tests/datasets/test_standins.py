@@ -135,8 +135,12 @@ def test_ccpg_end_to_end(tmp_path):
 
 
 def test_sustech1k_end_to_end(tmp_path):
-    write_sustech1k(tmp_path / "SUSTech1K")
-    build_store(tmp_path / "SUSTech1K", tmp_path / "store", progress=False)
+    fake = write_sustech1k(tmp_path / "SUSTech1K")  # 16 modality pickles per view folder, as released
+    summary = build_store(tmp_path / "SUSTech1K", tmp_path / "store", progress=False)
+    assert summary.n_sequences == len(fake["silhouettes"]) and not summary.skipped
+    imported = SequenceStore.open(tmp_path / "store")
+    for i, r in enumerate(imported.records):  # the aligned camera silhouettes, not another modality
+        assert np.array_equal(imported.frames(i), fake["silhouettes"][(r.subject, r.condition, r.view)])
     model, store, size = train_tiny(tmp_path / "store", "sustech1k", tmp_path / "run", protocol="sustech1k")
     r = evaluate_sustech1k(*embed_test(model, store, "sustech1k", size))
     assert {"Normal", "Bag", "Clothing", "Night", "Overall"} <= set(r["sets"])

@@ -7,13 +7,18 @@ lists were taken from (repository, path, commit, note). Built-in partitions are 
 =============  ==========================  ==========================================================================
 name           file                        contents (source: OpenGait's ``datasets/<Name>/<Name>.json``, see SOURCE)
 =============  ==========================  ==========================================================================
-``casia-b``    CASIA-B.json                train 001-074, test 075-124
+``casia-b``    CASIA-B.json                train 001-074, test 075-124 (the 74 / 50 split; see below)
 ``oumvlp``     OU-MVLP.json                train odd ids 00001-10305 (5153), test even ids 00002-10306 + 10307 (5154)
 ``grew``       GREW.json                   train 00001train-20000train, test 00001-06000 + ``probe`` (unlabelled probes)
 ``gait3d``     Gait3D.json                 train 3000 ids, test 1000 ids, PROBE_SET 1000 probe sequences
 ``ccpg``       CCPG.json                   train 000-099, test 100-199
 ``sustech1k``  SUSTech1K.json              train 250 ids, test 800 ids
 =============  ==========================  ==========================================================================
+
+CASIA-B is the exception: OpenGait's ``datasets/CASIA-B/CASIA-B.json`` (ShiqiYu/OpenGait @ 28f5041) leaves subject
+005 out of TRAIN_SET (73 ids, 1896 characters; its TEST_SET is 075-124 as here), and OpenGait's issue #60 points to a
+``CASIA-B_include_005.json`` beside it (not in the stored copy, not read). ``casia-b`` keeps 005: the 74 / 50 split
+the project's CASIA-B recipes, zoo and results use.
 """
 
 from __future__ import annotations

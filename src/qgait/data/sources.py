@@ -9,6 +9,9 @@ uint8 array ``[T, 64, 64]`` or ``[T, 64, 44]``):
 * a single ``.tar.xz`` archive with that member layout (one or several subjects).
 
 Sequences come out in sorted ``(subject, condition, view)`` order, whatever the order on disk.
+
+A view folder normally holds one pickle. When it holds several, :func:`choose_pickle` says which one is the
+sequence: SUSTech1K's camera silhouettes among its 16 modality pickles, else the first in sorted order.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import logging
 import lzma
 import re
 import tarfile
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 import numpy as np
 
@@ -34,6 +38,9 @@ __all__ = [
     "FRAME_WIDTHS",
     "validate_frames",
     "iter_sequences",
+    "PickleChoice",
+    "choose_pickle",
+    "SUSTECH1K_SILHOUETTES",
 ]
 
 log = logging.getLogger(__name__)
@@ -138,6 +145,83 @@ class ScanItem:
     reason: str | None = None
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Which pickle of a view folder is the sequence
+
+SUSTECH1K_SILHOUETTES = "NN-<view>-Camera-Sils_aligned.pkl"
+"""The pickle of a SUSTech1K view folder that is imported: the camera's aligned silhouettes at 30 Hz."""
+
+_SUSTECH1K_PICKLE = re.compile(
+    r"(?P<index>\d{2})-(?P<sync>sync-)?(?P<view>[^-]+)-(?P<sensor>Camera|LiDAR)-(?P<modality>[\w-]+)\.pkl")
+
+
+class PickleChoice(NamedTuple):
+    """What :func:`choose_pickle` decided for one view folder.
+
+    Attributes:
+        index: position in the given names of the sequence pickle, or None (the folder is a bad item).
+        ignored: position -> ``"ignored: ..."`` reason, for each other pickle worth reporting.
+        reason: why there is no sequence pickle (``index`` None), else None.
+    """
+
+    index: int | None
+    ignored: dict[int, str]
+    reason: str | None = None
+
+
+def _sustech1k_silhouettes(name: str) -> bool:
+    m = _SUSTECH1K_PICKLE.fullmatch(name)
+    return bool(m) and not m["sync"] and m["sensor"] == "Camera" and m["modality"] == "Sils_aligned"
+
+
+def choose_pickle(names: Sequence[str]) -> PickleChoice:
+    """Which of a view folder's ``.pkl`` files holds the silhouette sequence.
+
+    * SUSTech1K (any name of the form ``NN-[sync-]<view>-<Camera|LiDAR>-<modality>.pkl``): its released pickles,
+      made by OpenGait's ``datasets/SUSTech1K/pretreatment_SUSTech1K.py``, put 16 files in each
+      ``<id>/<NN-covariates>/<view>/`` folder (``datasets/SUSTech1K/README.md`` of ShiqiYu/OpenGait @ f280be5):
+      ``00-<view>-LiDAR-PCDs``, ``01-..-LiDAR-PCDs_depths``, ``02-..-LiDAR-PCDs_sils``, ``03-..-Camera-Pose``,
+      ``04-..-Camera-Ratios-HW``, ``05-..-Camera-RGB_raw``, ``06-..-Camera-Sils_aligned``, ``07-..-Camera-Sils_raw``,
+      then the same eight synchronised to the LiDAR's 10 Hz (``08-sync-..`` to ``15-sync-..``). The sequence is
+      ``06-<view>-Camera-Sils_aligned.pkl``, the one OpenGait's silhouette recipe for SUSTech1K reads
+      (``data_in_use`` index 6 of ``configs/deepgaitv2/DeepGaitV2_sustech1k.yaml``, ShiqiYu/OpenGait @ 6c69c70);
+      the other modalities are expected and not reported, other files are reported as ignored. A SUSTech1K folder
+      without it is a bad item (its reason lists what the folder holds).
+    * Otherwise the only pickle, or the first in sorted order with the others reported as ignored (OpenGait keeps
+      one modality per pickle; CCPG's folders, as OpenGait's ``datasets/CCPG/organize_ccpg.py`` writes them, sort
+      ``<view>-aligned-sils.pkl`` before ``-ratios``, ``-rgbs`` and ``-sils``: the pickle its CCPG recipes read,
+      ``data_in_use: [True, False, False, False]`` in ``configs/gaitbase/gaitbase_ccpg.yaml``, @ 78171db).
+
+    Args:
+        names: the folder's pickle file names, sorted.
+
+    Returns:
+        A :class:`PickleChoice`.
+    """
+    if not names:
+        raise ValueError("choose_pickle: no pickle names")
+    if any(_SUSTECH1K_PICKLE.fullmatch(n) for n in names):
+        sils = [i for i, n in enumerate(names) if _sustech1k_silhouettes(n)]
+        if not sils:
+            shown = ", ".join(names[:8]) + (f", ... ({len(names)} files)" if len(names) > 8 else "")
+            return PickleChoice(None, {}, f"SUSTech1K view folder without the camera silhouettes "
+                                          f"{SUSTECH1K_SILHOUETTES} (holds {shown})")
+        chosen = names[sils[0]]
+        ignored = {i: f"ignored: not one of SUSTech1K's modality pickles; used {chosen}"
+                   for i, n in enumerate(names) if not _SUSTECH1K_PICKLE.fullmatch(n)}
+        ignored.update({i: f"ignored: several SUSTech1K camera silhouette pickles; used {chosen}"
+                        for i in sils[1:]})
+        return PickleChoice(sils[0], ignored)
+    ignored = {i: f"ignored: view folder holds {len(names)} .pkl files, used the first in sorted order ({names[0]})"
+               for i in range(1, len(names))}
+    return PickleChoice(0, ignored)
+
+
+def _skip_unread(name: str) -> bool:
+    """A SUSTech1K modality pickle that is never the sequence: an archive member not worth reading."""
+    return bool(_SUSTECH1K_PICKLE.fullmatch(name)) and not _sustech1k_silhouettes(name)
+
+
 def _layout_reason(suffix: str, depth: int) -> str:
     return f"outside the expected layout <subject>/<condition>/<view>/*{suffix} (depth {depth}, expected 4)"
 
@@ -163,8 +247,8 @@ def scan_folder(
         suffix: suffix of the sequence files (``".pkl"``, ``".png"``), compared case-insensitively.
         subjects: keep only these subject folders (None: all).
         many_files: True when a sequence is all the files of its view folder (PNG frames, natural sort
-            order); False when it is one file (pickles: the first in sorted order is used, the others are
-            returned as ``"ignored: ..."`` items).
+            order); False when it is one file (pickles: the one :func:`choose_pickle` names, others it reports
+            returned as ``"ignored: ..."`` items; a folder it refuses is a bad item).
 
     Returns:
         Items sorted by path components: sequences, and bad items for files with the suffix at any other
@@ -216,13 +300,16 @@ def scan_folder(
                     files.sort(key=lambda p: natural_key(p.name))
                     items.append(ScanItem(parts=rel, origin="/".join(rel), key=key, files=tuple(files)))
                     continue
-                items.append(ScanItem(parts=rel + (files[0].name,), origin="/".join(rel + (files[0].name,)),
-                                      key=key, files=(files[0],)))
-                for extra in files[1:]:
-                    parts = rel + (extra.name,)
-                    items.append(ScanItem(parts=parts, origin="/".join(parts), reason=(
-                        f"ignored: view folder holds {len(files)} {suffix} files, used the first in sorted "
-                        f"order ({files[0].name})")))
+                choice = choose_pickle([f.name for f in files])
+                if choice.index is None:
+                    items.append(ScanItem(parts=rel, origin="/".join(rel), reason=choice.reason))
+                    continue
+                chosen = files[choice.index]
+                items.append(ScanItem(parts=rel + (chosen.name,), origin="/".join(rel + (chosen.name,)),
+                                      key=key, files=(chosen,)))
+                for i, why in choice.ignored.items():
+                    parts = rel + (files[i].name,)
+                    items.append(ScanItem(parts=parts, origin="/".join(parts), reason=why))
     items.sort(key=lambda it: it.parts)
     return items
 
@@ -269,20 +356,23 @@ def scan_archive(
     label = archive.name
     own_subject = _archive_subject(archive) if stem_is_subject else None
     group_subject: str | None = None
-    group: dict[SequenceKey, list[tuple[tuple[str, ...], str, bytes]]] = {}
+    group: dict[SequenceKey, list[tuple[tuple[str, ...], str, bytes | None]]] = {}
     pending_bad: list[ScanItem] = []
     done: list[str] = []
 
     def flush() -> list[tuple[ScanItem, bytes | None]]:
         out: list[tuple[ScanItem, bytes | None]] = list((it, None) for it in pending_bad)
         for key, found in group.items():
-            found.sort()
-            parts, origin, data = found[0]
+            found.sort(key=lambda f: f[0])
+            choice = choose_pickle([f[0][-1] for f in found])
+            if choice.index is None:
+                rel = (key.subject, key.condition, key.view)
+                out.append((ScanItem(parts=rel, origin=f"{label}:{'/'.join(rel)}", reason=choice.reason), None))
+                continue
+            parts, origin, data = found[choice.index]
             out.append((ScanItem(parts=parts, origin=origin, key=key), data))
-            for parts_x, origin_x, _ in found[1:]:
-                out.append((ScanItem(parts=parts_x, origin=origin_x, reason=(
-                    f"ignored: view folder holds {len(found)} .pkl files, used the first in sorted order "
-                    f"({parts[-1]})")), None))
+            for i, why in choice.ignored.items():
+                out.append((ScanItem(parts=found[i][0], origin=found[i][1], reason=why), None))
         out.sort(key=lambda e: e[0].parts)
         group.clear()
         pending_bad.clear()
@@ -324,8 +414,11 @@ def scan_archive(
                             f"{label}: the members of subject {subject} are not grouped in sorted subject "
                             f"order; extract the archive and import the folder instead")
                     group_subject = subject
-                fh = tar.extractfile(member)
-                data = fh.read() if fh is not None else b""
+                if _skip_unread(parts[-1]):
+                    data = None  # another SUSTech1K modality (point clouds, RGB, ...): never the sequence
+                else:
+                    fh = tar.extractfile(member)
+                    data = fh.read() if fh is not None else b""
                 key = SequenceKey(parts[0], parts[1], parts[2])
                 group.setdefault(key, []).append((parts, origin, data))
         except (tarfile.TarError, EOFError, OSError, lzma.LZMAError) as exc:
@@ -347,7 +440,9 @@ def iter_sequences(
     Args:
         src: a folder ``<subject>/<condition>/<view>/*.pkl``, a folder of ``<subject>.tar.xz`` archives, or one
             ``.tar.xz`` file (members ``<subject>/<condition>/<view>/*.pkl``; streamed, never extracted). If a
-            view folder holds several pickles, the first in sorted order is used and the others are noted in
+            view folder holds several pickles, :func:`choose_pickle` picks the sequence: SUSTech1K's camera
+            silhouettes ``NN-<view>-Camera-Sils_aligned.pkl`` among its modality pickles (the others are not
+            reported, nor read from archives), else the first in sorted order with the others noted in
             ``skipped`` as ``"ignored: ..."`` (OpenGait keeps one modality per pickle).
         subjects: only these subject ids (strings as in the paths, e.g. ``"075"``). Archives
             ``<subject>.tar.xz`` of unwanted subjects are not opened. Asking for a subject that ``src`` does
@@ -367,7 +462,8 @@ def iter_sequences(
         BadSequenceError: (``skip_bad=False``) a pickle that is corrupt, truncated, unsafe
             (:class:`~qgait.data.safe_pickle.UnsafePickleError`; refused, never executed), of the wrong dtype
             or shape, empty; a file outside the layout (wrong depth, absolute path, ``..``); a corrupt
-            archive. The message names the file, for archive members as ``"075.tar.xz:075/nm-01/000/000.pkl"``.
+            archive; a SUSTech1K view folder without its camera silhouettes. The message names the file, for
+            archive members as ``"075.tar.xz:075/nm-01/000/000.pkl"``.
         ValueError: no sequence found; requested subjects missing; a folder mixing archives and subject
             folders; a multi-subject archive whose subjects are not contiguous and sorted.
     """
