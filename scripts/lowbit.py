@@ -51,6 +51,7 @@ class Setting:
     key_rows: tuple[str, ...] = ()
     own_stage1: frozenset[str] = field(default_factory=frozenset)
     teachers: dict[str, tuple[str, ...]] = field(default_factory=dict)  # row -> checkpoints (repo-relative)
+    comparisons: tuple[tuple[str, str], ...] = ()  # (row, baseline): differences between rows, seeds paired
 
 
 SETTINGS: dict[str, Setting] = {
@@ -81,14 +82,17 @@ SETTINGS: dict[str, Setting] = {
         own_stage1=frozenset({"kd_both", "idd_both_w300", "mixed_lcpaq", "mixed_hessian", "mixed_random",
                               "lsq_stem8"}),
         teachers={"kd_s2": (FP_REL,), "kd_both": (FP_REL,)},
+        comparisons=(("mixed_lcpaq", "mixed_random"), ("mixed_lcpaq", "mixed_hessian"),
+                     ("mixed_hessian", "mixed_random"), ("mixed_lcpaq", "lsq_stem8"), ("mixed_hessian", "lsq_stem8")),
     ),
     "w4a4": Setting(
         title="W4A4 (an easy setting)",
         control="lsq",
         rows={"lsq": "LSQ (STE), the control",
-              "lsq_outq": "LSQ + output quantizers on the residual operands (all-int8 export), own stage 1"},
+              "lsq_outq": "LSQ + output quantizers on the residual operands (all-int8 export), own stage 1",
+              "mixed_lcpaq": "mixed precision (LCPAQ) at uniform W4A4's size and BOPs, own stage 1"},
         key_rows=("lsq",),
-        own_stage1=frozenset({"lsq_outq"}),
+        own_stage1=frozenset({"lsq_outq", "mixed_lcpaq"}),
     ),
     "w8a8": Setting(
         title="W8A8 (an easy setting)",
@@ -306,7 +310,36 @@ def setting_table(setting: str, fp_res: dict | None, n_boot: int = 2000) -> list
               "(spread: max / min over parts); *inter-class ratio*: per-part mean inter-class distance, quantized "
               "over FP, mean over parts. *vs FP*: the row's seed mean minus the FP model's, with its test-subject "
               "bootstrap 95% CI.", ""]
+    lines += comparison_table(setting, runs, n_boot)
     return lines
+
+
+def comparison_table(setting: str, runs: dict[str, dict[int, dict]], n_boot: int = 2000) -> list[str]:
+    """The setting's between-row differences (:attr:`Setting.comparisons`), each on the seeds both rows have:
+    mean paired difference +- its standard error and a test-subject bootstrap 95% CI, as in the main table."""
+    from qgait.evaluation.stats import paired_difference, subject_bootstrap
+
+    st = SETTINGS[setting]
+    if not st.comparisons:
+        return []
+    lines = ["Between rows (seeds paired: same seed, each row's own run):", "",
+             "| row | baseline | seeds | diff +- se | bootstrap 95% CI | NM / BG / CL diff |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for row, base in st.comparisons:
+        a, b = runs.get(base, {}), runs.get(row, {})
+        common = sorted(s for s in b if s in a)
+        if not common:
+            lines.append(f"| `{row}` | `{base}` | 0 | not run yet | | |")
+            continue
+        d = paired_difference([_rank1(a[s])["mean"] for s in common], [_rank1(b[s])["mean"] for s in common])
+        diff_txt = _fmt(d["mean"], 2, True) + (f" +- {d['se']:.2f}" if d["se"] is not None else "") + \
+            (" **(> 2 se)**" if d.get("beyond_2se") else "")
+        boot = subject_bootstrap([a[s]["result"] for s in common], [b[s]["result"] for s in common], n_boot=n_boot)
+        sets = " / ".join(_fmt(sum(_rank1(b[s])[k] - _rank1(a[s])[k] for s in common) / len(common), 2, True)
+                          for k in SETS[:3])
+        lines.append(f"| `{row}` | `{base}` | {len(common)} | {diff_txt} | "
+                     f"[{boot['mean']['ci_low']:+.2f}, {boot['mean']['ci_high']:+.2f}] | {sets} |")
+    return lines + [""]
 
 
 def write_tables(out: Path | None = None) -> Path:

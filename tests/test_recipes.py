@@ -146,3 +146,15 @@ def test_gaitkd_pairs_distil_the_datasets_gaitbase_recipe_from_its_deepgaitv2(da
     assert teacher.data.partition == fp.data.partition and teacher.data.input_size == fp.data.input_size
     assert teacher.data.store == fp.data.store and teacher.eval == fp.eval
     assert (teacher.data.p, teacher.data.k, teacher.train.iterations) == (fp.data.p, fp.data.k, fp.train.iterations)
+
+
+def test_mixed_w3_recipe_is_the_measured_lcpaq_row():
+    """The shipped mixed-precision recipe trains exactly the bit map and schedule the low-bit study measured."""
+    recipe = load_config("qgait_mixed_w3_cpu")
+    row = load_config(REPO / "results" / "lowbit" / "configs" / "w3a3" / "mixed_lcpaq.yaml")
+    assert recipe.quant.config.bit_map == row.quant.config.bit_map and recipe.quant.config.bit_map
+    assert (recipe.quant.config.weight_bits, recipe.quant.config.act_bits) == (3, 3)
+    for stage in ("stage1", "stage2"):
+        a, b = getattr(recipe.quant, stage), getattr(row.quant, stage)
+        assert (a.iterations, a.lr, a.milestones, a.rounding) == (b.iterations, b.lr, b.milestones, b.rounding)
+    assert recipe.quant.idc is None and recipe.quant.bn_reestimate_batches == 50
