@@ -49,7 +49,7 @@ def _cmd_export(a: argparse.Namespace) -> int:
               f"{p['onnx_bytes'] / 1e6:.3f} MB)")
     if a.parity_store is not None:
         par = parity_check(a.checkpoint, report["output"], a.parity_store, subjects, evaluate=not a.no_rank1,
-                           max_frames=a.max_frames, progress=not a.quiet)
+                           max_frames=a.max_frames, protocol=a.protocol, progress=not a.quiet)
         report["parity"] = par
         print(f"parity on {par['sequences']} sequences: cosine mean {par['cosine_mean']:.6f}, min "
               f"{par['cosine_min']:.6f}")
@@ -225,6 +225,8 @@ def add_deploy_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="after exporting, compare the ONNX model with the checkpoint on this store's sequences")
     p.add_argument("--parity-subjects", help="comma-separated test subjects for the parity check, e.g. 075,076")
     p.add_argument("--no-rank1", action="store_true", help="parity check: embeddings only, skip the rank-1")
+    p.add_argument("--protocol", help="parity check: the rank-1 comparison's protocol (gait3d, grew, ou-mvlp, ccpg, "
+                   "sustech1k...; default: the one qgait train / quantize recorded in the checkpoint, else casia-b)")
     p.add_argument("--max-frames", type=int, default=720, help="frame cap per sequence in the parity check")
     p.add_argument("--report", type=Path, help="write the export (and parity) report as JSON here")
     p.add_argument("--overwrite", action="store_true",

@@ -31,7 +31,7 @@ def parity_check(
     subjects: Sequence[str],
     size: Sequence[int] | None = None,
     max_frames: int = 720,
-    protocol: str = "casia-b",
+    protocol: str | None = None,
     evaluate: bool = True,
     max_sequences: int | None = None,
     progress: bool = False,
@@ -45,11 +45,15 @@ def parity_check(
         store: a ``SequenceStore`` (or its path).
         subjects: test subjects.
         size: model input ``(h, w)`` (default: the checkpoint's).
+        protocol: of the rank-1 comparison (default: the ``eval_protocol`` that ``qgait train`` / ``qgait
+            quantize`` record in the checkpoint, else ``"casia-b"``).
         evaluate: also run the protocol (rank-1 of both); otherwise embed ``max_sequences`` sequences only.
 
     Returns:
         ``{"sequences", "cosine_mean", "cosine_min", "max_abs_diff", "torch": {NM, BG, CL, mean},
-        "onnx": {...}, "rank1_delta_mean"}`` (rank-1 entries only with ``evaluate``).
+        "onnx": {...}, "rank1_delta_mean", "protocol"}`` (rank-1 entries and protocol only with ``evaluate``;
+        ``torch`` / ``onnx`` hold the protocol's headline row, :func:`qgait.evaluation.report.rank1_row`;
+        ``rank1_delta_mean``: exported minus PyTorch, of the row's ``mean``, or of rank-1 for Gait3D / GREW).
     """
     from ..data.store import SequenceStore
     from ..evaluation.extract import extract_embeddings
@@ -65,13 +69,16 @@ def parity_check(
         raise ValueError(f"{onnx_path}: model input {emb.input_size} differs from the checkpoint's {size}")
     out: dict[str, Any] = {"checkpoint": str(checkpoint), "model": str(onnx_path), "kind": emb.meta.get("kind")}
     if evaluate:
+        protocol = protocol or meta.get("eval_protocol") or "casia-b"
+        out["protocol"] = protocol
         rt = evaluate_on_store(model, store, subjects, size, protocol, max_frames=max_frames, progress=progress,
                                return_embeddings=True)
         ro = evaluate_on_store(emb, store, subjects, size, protocol, max_frames=max_frames, progress=progress,
                                return_embeddings=True)
         et, eo = rt.pop("embeddings"), ro.pop("embeddings")
         out["torch"], out["onnx"] = _summary(rt), _summary(ro)
-        out["rank1_delta_mean"] = out["onnx"]["mean"] - out["torch"]["mean"]
+        key = "mean" if "mean" in out["torch"] else "rank-1"  # Gait3D / GREW rows have no mean over sets
+        out["rank1_delta_mean"] = out["onnx"][key] - out["torch"][key]
     else:
         idx = store.select(subjects=subjects)
         if max_sequences:

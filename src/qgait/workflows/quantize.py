@@ -198,7 +198,8 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
             save_inference_model(
                 out_dir / name, net.model, cfg.model.name, cfg.model.args, size,
                 quant_config=q.config.model_dump(mode="json"),
-                extra={"experiment": cfg.name, "head_state_dict": net.head.state_dict() if net.head else None},
+                extra={"experiment": cfg.name, "eval_protocol": cfg.eval.protocol,
+                       "head_state_dict": net.head.state_dict() if net.head else None},
             )
 
         def trainer(stage_name: str, loss_fn, params, iterations: int, lr_fn, hooks=(), train_mode_fn=None):
@@ -257,7 +258,7 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
                 if (out_dir / "stage1_model.pt").is_file():
                     models["stage 1"] = load_inference_model(out_dir / "stage1_model.pt")[0]
                 models["final"] = net.model
-                gallery = store.select(subjects=split.test_subjects, conditions=["nm-01"])
+                gallery = plot_gallery(store, split.test_subjects, cfg.eval.protocol)
                 labels = [store.records[i].subject for i in gallery]
                 dists = {
                     name: interclass_distances(
@@ -271,6 +272,33 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
         return summary
     finally:
         cleanup(ctx)
+
+
+PLOT_MAX_SEQUENCES = 1000
+"""At most this many test sequences in the inter-class distance plot (the first in store order)."""
+
+PLOT_CONDITIONS = {"grew": ("01",), "ccpg": ("U0_D0",), "sustech1k": ("00-nm",), "gait3d": None}
+"""The plot's condition per dataset protocol (GREW: the labelled gallery, not the unlabelled ``probe`` subject's
+sequences; Gait3D: every sequence); a cross-view protocol's is its first gallery condition (CASIA-B ``nm-01``)."""
+
+
+def plot_gallery(store, subjects, protocol: str) -> list[int]:
+    """Indices of the labelled test sequences whose inter-class distances ``qgait quantize`` plots: one condition
+    of ``protocol`` (:data:`PLOT_CONDITIONS`), at most :data:`PLOT_MAX_SEQUENCES`.
+
+    Raises:
+        ValueError: no such sequence of ``subjects`` in the store.
+    """
+    from ..evaluation.cross_view import get_protocol
+    from ..evaluation.runner import _dataset_protocol
+
+    dataset = _dataset_protocol(protocol)
+    conditions = PLOT_CONDITIONS[dataset] if dataset else get_protocol(protocol).gallery_conditions[:1]
+    idx = store.select(subjects=subjects, conditions=list(conditions) if conditions else None)
+    if not idx:
+        raise ValueError(f"the inter-class distance plot: no test sequence of the {protocol} protocol's condition "
+                         f"{list(conditions or [])} in the store (quant.plot=false skips the plot)")
+    return idx[:PLOT_MAX_SEQUENCES]
 
 
 def add_drift(out_dir: Path, stages: tuple[str, ...], fp_stats: dict | None) -> None:

@@ -108,7 +108,7 @@ def train_model(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = True,
             return summary
         model_path = save_inference_model(
             out_dir / "model.pt", net.model, cfg.model.name, cfg.model.args, tuple(cfg.data.input_size),
-            extra={"num_classes": batches.num_classes, "experiment": cfg.name,
+            extra={"num_classes": batches.num_classes, "experiment": cfg.name, "eval_protocol": cfg.eval.protocol,
                    "head_state_dict": net.head.state_dict() if net.head is not None else None, **(extra_meta or {})},
         )
         summary["model"] = str(model_path)
