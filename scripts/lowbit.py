@@ -2,7 +2,7 @@
 tables from the committed JSON.
 
     python scripts/lowbit.py run [--setting w3a3] [--seeds 0,1,2] [--rows lsq,soft_dsq]   # resumable
-    python scripts/lowbit.py table                                                         # README from JSON
+    python scripts/lowbit.py table                # README and the batch-norm re-estimation table from the JSON
 
 A *setting* (bit width) is one comparison: every row trains the same schedule (``_schedule.yaml`` of the setting:
 iterations at each learning rate), and every row except those in ``own_stage1`` starts stage 2 from the control
@@ -356,6 +356,20 @@ def write_tables(out: Path | None = None) -> Path:
     return out
 
 
+def write_bn_table() -> Path:
+    """Regenerate the batch-norm re-estimation table (``results/lowbit/bn_reestimate/README.md``, from
+    ``scripts/bn_reestimate.py``'s JSON), so that ``table`` regenerates every table of the study. Returns its path."""
+    import contextlib
+    import importlib.util
+    import io
+
+    spec = importlib.util.spec_from_file_location("bn_reestimate_script", REPO / "scripts" / "bn_reestimate.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints the table; the path is enough here
+        return mod.table()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -375,6 +389,7 @@ def main() -> int:
     a = ap.parse_args()
     if a.cmd == "table":
         print(write_tables())
+        print(write_bn_table())
         return 0
     if a.cmd == "ptq":
         print(run_ptq(a.bits, a.runs, a.fp, a.fp_results))
