@@ -11,27 +11,20 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
+from _scripts import load_script
 from qgait.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "results" / "lowbit" / "configs"
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("lowbit_script", REPO / "scripts" / "lowbit.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
 
 
-LOWBIT = _script()
+LOWBIT = load_script("lowbit")
 SETTINGS = LOWBIT.SETTINGS
 ROWS = [(s, r) for s, st in SETTINGS.items() for r in st.rows]
 
