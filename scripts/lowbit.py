@@ -90,9 +90,10 @@ SETTINGS: dict[str, Setting] = {
         control="lsq",
         rows={"lsq": "LSQ (STE), the control",
               "lsq_outq": "LSQ + output quantizers on the residual operands (all-int8 export), own stage 1",
+              "lsq_outq8": "LSQ + 8-bit output quantizers on the residual operands (all-int8 export), own stage 1",
               "mixed_lcpaq": "mixed precision (LCPAQ) at uniform W4A4's size and BOPs, own stage 1"},
         key_rows=("lsq",),
-        own_stage1=frozenset({"lsq_outq", "mixed_lcpaq"}),
+        own_stage1=frozenset({"lsq_outq", "lsq_outq8", "mixed_lcpaq"}),
     ),
     "w8a8": Setting(
         title="W8A8 (an easy setting)",
