@@ -278,7 +278,8 @@ def add_deploy_commands(subparsers: argparse._SubParsersAction) -> None:
                    "input; an existing file is refused without --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --save-gallery file")
     p.add_argument("--max-frames", type=int, default=720, help="frames per sequence cap (default 720)")
-    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
+    p.add_argument("--threads", type=int,
+                   help="ONNX Runtime threads (default: all cores; with --stream 1, measured fastest for one stream)")
     _silhouette_check(p)
     p.add_argument("--threshold", default="model",
                    help="open-set rejection: 'model' (default) answers 'unknown' beyond the threshold stored by "

@@ -165,9 +165,13 @@ class StreamingEmbedder:
 
     # -------------------------------------------------------------- construction
     @classmethod
-    def from_onnx(cls, path: str | Path, threads: int | None = None,
+    def from_onnx(cls, path: str | Path, threads: int | None = 1,
                   providers: Sequence[str] | None = None) -> StreamingEmbedder:
         """From an exported model (``.onnx`` FP32 / int8 QDQ, or a packed ``.qgpack``), cut at its temporal max.
+
+        ``threads``: ONNX Runtime intra-op threads, default 1: a single frame is too little work to split, and on a
+        2-core CPU two threads made a full-GaitBase int8 push 2.9x slower (15.2 against 5.2 ms,
+        ``results/bench/streaming_2026-12-04_*``); None takes ONNX Runtime's default (every core).
 
         Raises:
             ModelLoadError: missing or unreadable file. TemporalSplitError: the model has no temporal max.

@@ -327,7 +327,7 @@ def identify_stream(model: str | Path, gallery_sources, probe_sources, *, every:
     probes = collect_sequences(list(probe_sources), probe_subjects, probe_conditions, probe_views)
     emb = GaitEmbedder(model, threads=threads)
     rule = resolve_rule(emb, threshold, metric)
-    stream = StreamingEmbedder.from_onnx(model, threads=threads)
+    stream = StreamingEmbedder.from_onnx(model, threads=threads or 1)  # one thread per stream: measured fastest
     gallery = build_gallery(emb, list(gallery_sources), gallery_subjects, gallery_conditions, gallery_views,
                             max_frames, progress, check)
     out = []
