@@ -289,22 +289,27 @@ def test_float_weights_option_same_outputs(exports, w4a4, probes, tmp_path):
         assert float(cosines(a, b).min()) >= 0.99999
 
 
-def _with_output_quant(fp_model, calib, bits):
+def _with_output_quant(fp_model, calib, bits, out_bits=None):
+    """``bits`` for weights and activations; the residual operands' output quantizers at ``out_bits`` (default
+    ``bits``) through ``bit_map`` keys on their module names (the low-bit study's ``lsq_outq8`` row)."""
     from qgait.quant import QuantConfig, calibrate_, find_residual_outputs, quantize_
 
     m = copy.deepcopy(fp_model)
     names = find_residual_outputs(m, calib[0])
-    quantize_(m, QuantConfig(weight_bits=bits, act_bits=bits, lsq_init="mse", output_quant=names))
+    bit_map = {n: {"act": out_bits} for n in names} if out_bits else {}
+    quantize_(m, QuantConfig(weight_bits=bits, act_bits=bits, lsq_init="mse", output_quant=names, bit_map=bit_map))
     calibrate_(m, calib, method="percentile", max_samples=2**15)
     return m.eval(), names
 
 
-@pytest.mark.parametrize("bits", [4, 8])
-def test_output_quantizers_make_every_conv_integer_and_exact(fp_model, calib, probes, tmp_path, bits):
+@pytest.mark.parametrize("bits,out_bits", [(4, None), (8, None), (4, 8)])
+def test_output_quantizers_make_every_conv_integer_and_exact(fp_model, calib, probes, tmp_path, bits, out_bits):
     # the residual operands trained on a grid: no requantization, every backbone conv a QLinearConv, and ORT
-    # takes the fake-quant model's decisions (W4A4 without output quantizers: 8 of 12 backbone convs float)
-    qmodel, names = _with_output_quant(fp_model, calib, bits)
+    # takes the fake-quant model's decisions (W4A4 without output quantizers: 8 of 12 backbone convs float);
+    # (4, 8): W4A4 with 8-bit residual operands, the all-int8 path with a 256-level pre-residual grid
+    qmodel, names = _with_output_quant(fp_model, calib, bits, out_bits)
     assert len(names) == 7  # 4 blocks' bn2 + 3 downsample batch norms
+    assert {q.bits for _, q in output_quantizers(qmodel)} == {out_bits or bits}
     r = export_qdq(qmodel, tmp_path / f"w{bits}.onnx", SIZE, calib=calib)
     d = r.details
     assert d["requantized"] == {} and len(d["output_grids"]) == 7
@@ -313,7 +318,13 @@ def test_output_quantizers_make_every_conv_integer_and_exact(fp_model, calib, pr
     first_int8 = d["first_input"] == "uint8"
     assert ops.count("QLinearConv") == 11 + first_int8  # all backbone convs; the stem too with a uint8 input
     cos = torch.cat([cosines(ort_run(r.path, x), qmodel(x).detach()) for x in probes])
-    assert float(cos.mean()) >= 0.9999 and float(cos.min()) >= 0.999, cos
+    if out_bits is None:
+        assert float(cos.mean()) >= 0.9999 and float(cos.min()) >= 0.999, cos
+    else:
+        # not exact: 8-bit residual operands in a W4A4 model measured cosine 0.9992 mean here, where all-4-bit and
+        # all-8-bit output grids are exact (>= 0.9999); the cause is not found yet (issue 16). What the row costs
+        # in rank-1 after QAT is the low-bit study's lsq_outq8
+        assert float(cos.mean()) >= 0.999 and float(cos.min()) >= 0.998, cos
 
 
 def test_output_grid_is_the_learned_step_with_zero_point_128(fp_model, calib, tmp_path):
