@@ -32,11 +32,10 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 
+from _interleaved import time_interleaved
 from _record import REPO, write_record
 
 FP = REPO / "zoo" / "gaitbase_casiab_cpu" / "model.pt"
@@ -102,29 +101,11 @@ def main() -> int:
         sessions[name] = ort_session(src, a.threads)
     x = store_calibration_batches(SequenceStore.open(a.store), None, size, sequences=1, frames=a.frames,
                                   seed=1)[0].numpy()
-    inp = {n: s.get_inputs()[0].name for n, s in sessions.items()}
-    times: dict[str, list[float]] = {n: [] for n in sessions}
-    for s in sessions.values():  # warm-up
-        for _ in range(3):
-            s.run(None, {s.get_inputs()[0].name: x})
-    for _ in range(a.rounds):
-        for name, s in sessions.items():
-            for _ in range(a.runs):
-                t0 = time.perf_counter()
-                s.run(None, {inp[name]: x})
-                times[name].append(time.perf_counter() - t0)
-    med = {n: float(np.median(t)) * 1e3 for n, t in times.items()}
-    iqr = {n: [float(np.percentile(t, 25)) * 1e3, float(np.percentile(t, 75)) * 1e3] for n, t in times.items()}
-    # paired per round: each round's median ratio to w8a8 (same moment of machine load)
-    per_round = {n: [float(np.median(times[n][r * a.runs:(r + 1) * a.runs])
-                           / np.median(times["w8a8"][r * a.runs:(r + 1) * a.runs])) for r in range(a.rounds)]
-                 for n in times}
+    timed = time_interleaved(sessions, x, a.rounds, a.runs, "w8a8")
     figures = {
         "model": str(FP.relative_to(REPO)), "input_size": list(size), "frames": a.frames, "batch": 1,
         "rounds": a.rounds, "runs_per_round": a.runs, "ort_threads": a.threads,
-        "variants": {n: {"file": Path(files[n]).name, "bytes": sizes[n], "latency_ms_median": med[n],
-                         "latency_ms_iqr": iqr[n], "ratio_to_w8a8_median_of_rounds": float(np.median(per_round[n])),
-                         "ratio_to_w8a8_rounds_min_max": [min(per_round[n]), max(per_round[n])],
+        "variants": {n: {"file": Path(files[n]).name, "bytes": sizes[n], **timed[n],
                          "size_ratio_to_w8a8": sizes[n] / sizes["w8a8"]}
                      for n in files},
     }
