@@ -4,8 +4,8 @@ than FP32?).
 Each ``NAME=PATH`` (an ``.onnx`` file or a packed ``.qgpack``) gets an ONNX Runtime session on ``--threads``
 threads; all sessions run one real 30-frame CASIA-B sequence (from ``--store``, at the first model's input size)
 in interleaved rounds (:func:`_interleaved.time_interleaved`), so machine load hits every model alike; figures are
-medians, with each model's per-round ratio to ``--reference`` (default: the first). Also records each graph's
-count of integer convolutions (``QLinearConv`` / ``ConvInteger``) against float ``Conv`` nodes.
+medians, with each model's per-round ratio to ``--reference`` (default: the first). Also records, for each model,
+how many convolutions ONNX Runtime runs on integer kernels (``QLinearConv`` / ``ConvInteger``) and how many in float.
 
     python benchmarks/onnx_latency.py outq8=runs/x/lsq_outq8.int8.onnx lsq=runs/x/lsq.int8.onnx \\
         [--reference outq8] [--rounds 30] [--runs 10] [--threads 1] [--tag w4a4_outq8]
@@ -23,9 +23,20 @@ from _record import REPO, write_record
 
 
 def conv_ops(model) -> dict[str, int]:
-    """Counts of ``QLinearConv``, ``ConvInteger`` and float ``Conv`` nodes of an ONNX model (before ONNX
-    Runtime's own fusions: a QDQ graph's ``DequantizeLinear -> Conv -> QuantizeLinear`` counts as ``Conv``)."""
-    ops = [n.op_type for n in model.graph.node]
+    """Counts of ``QLinearConv``, ``ConvInteger`` and float ``Conv`` nodes in the graph ONNX Runtime actually runs
+    (after its graph optimisations, which fuse ``DequantizeLinear -> Conv -> QuantizeLinear`` into ``QLinearConv``
+    where the output is quantized)."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
+        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        ops = [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
     return {k: ops.count(k) for k in ("QLinearConv", "ConvInteger", "Conv")}
 
 
