@@ -33,6 +33,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from _tables import paired_cells  # scripts/_tables.py
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results" / "distill"
 CONFIGS = RESULTS / "configs"
@@ -231,21 +233,11 @@ def _rank1(result: dict) -> dict[str, float]:
 
 def _diff(base: dict[int, dict], row: dict[int, dict]) -> dict | None:
     """``row - base`` on their common seeds (paired): ``{"n", "text" (mean +- se), "ci" (bootstrap), "sets"}``."""
-    from qgait.evaluation.stats import paired_difference, subject_bootstrap
-
     seeds = sorted(set(base) & set(row))
     if not seeds:
         return None
-    a = [base[s]["result"] for s in seeds]
-    b = [row[s]["result"] for s in seeds]
-    d = paired_difference([_rank1(x)["mean"] for x in a], [_rank1(x)["mean"] for x in b])
-    text = f"{d['mean']:+.2f}" + ("" if d["se"] is None else f" +- {d['se']:.2f}")
-    if d["beyond_2se"]:
-        text += " **(> 2 se)**"
-    ci = subject_bootstrap(a, b, n_boot=N_BOOT)["mean"]
-    per_set = " / ".join(f"{sum(_rank1(y)[k] - _rank1(x)[k] for x, y in zip(a, b)) / len(seeds):+.2f}"
-                         for k in SETS[:3])
-    return {"n": len(seeds), "text": text, "ci": f"[{ci['ci_low']:+.2f}, {ci['ci_high']:+.2f}]", "sets": per_set}
+    c = paired_cells([base[s]["result"] for s in seeds], [row[s]["result"] for s in seeds], N_BOOT)
+    return {"n": c["n"], "text": c["diff"], "ci": c["ci"], "sets": c["sets"]}
 
 
 def _teacher_lines() -> list[str]:

@@ -27,6 +27,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from _tables import paired_cells  # scripts/_tables.py
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results" / "lowbit"
 CONFIGS = RESULTS / "configs"
@@ -255,7 +257,7 @@ def _drift(rec: dict, fp_res: dict | None) -> dict | None:
 
 
 def setting_table(setting: str, fp_res: dict | None, n_boot: int = 2000) -> list[str]:
-    from qgait.evaluation.stats import paired_difference, seed_stats, subject_bootstrap
+    from qgait.evaluation.stats import seed_stats, subject_bootstrap
 
     fp = ({k: v["rank-1"] for k, v in fp_res["sets"].items()} | {"mean": fp_res["mean"]}) if fp_res else None
 
@@ -283,12 +285,7 @@ def setting_table(setting: str, fp_res: dict | None, n_boot: int = 2000) -> list
         diff_txt = ci_txt = ""
         common = [s for s in seeds if s in ctrl]
         if row != st.control and common:
-            d = paired_difference([_rank1(ctrl[s])["mean"] for s in common], [_rank1(by_seed[s])["mean"] for s in common])
-            diff_txt = _fmt(d["mean"], 2, True) + (f" +- {d['se']:.2f}" if d["se"] is not None else "") + \
-                (" **(> 2 se)**" if d.get("beyond_2se") else "")
-            b = subject_bootstrap([ctrl[s]["result"] for s in common], [by_seed[s]["result"] for s in common],
-                                  n_boot=n_boot)
-            ci_txt = f"[{b['mean']['ci_low']:+.2f}, {b['mean']['ci_high']:+.2f}]"
+            diff_txt, ci_txt = _diff_cells(ctrl, by_seed, common, n_boot)
         vs_fp = _fmt(m["mean"] - fp["mean"], 2, True) if fp else "-"
         if fp_res and "per_subject" in fp_res:
             b = subject_bootstrap([fp_res], [by_seed[s]["result"] for s in seeds], n_boot=n_boot)
@@ -315,11 +312,15 @@ def setting_table(setting: str, fp_res: dict | None, n_boot: int = 2000) -> list
     return lines
 
 
+def _diff_cells(base: dict[int, dict], row: dict[int, dict], seeds: list[int], n_boot: int) -> tuple[str, str]:
+    """Table cells of ``row - base`` on ``seeds`` (records by seed): :func:`_tables.paired_cells`' difference and CI."""
+    c = paired_cells([base[s]["result"] for s in seeds], [row[s]["result"] for s in seeds], n_boot)
+    return c["diff"], c["ci"]
+
+
 def comparison_table(setting: str, runs: dict[str, dict[int, dict]], n_boot: int = 2000) -> list[str]:
     """The setting's between-row differences (:attr:`Setting.comparisons`), each on the seeds both rows have:
     mean paired difference +- its standard error and a test-subject bootstrap 95% CI, as in the main table."""
-    from qgait.evaluation.stats import paired_difference, subject_bootstrap
-
     st = SETTINGS[setting]
     if not st.comparisons:
         return []
@@ -332,14 +333,8 @@ def comparison_table(setting: str, runs: dict[str, dict[int, dict]], n_boot: int
         if not common:
             lines.append(f"| `{row}` | `{base}` | 0 | not run yet | | |")
             continue
-        d = paired_difference([_rank1(a[s])["mean"] for s in common], [_rank1(b[s])["mean"] for s in common])
-        diff_txt = _fmt(d["mean"], 2, True) + (f" +- {d['se']:.2f}" if d["se"] is not None else "") + \
-            (" **(> 2 se)**" if d.get("beyond_2se") else "")
-        boot = subject_bootstrap([a[s]["result"] for s in common], [b[s]["result"] for s in common], n_boot=n_boot)
-        sets = " / ".join(_fmt(sum(_rank1(b[s])[k] - _rank1(a[s])[k] for s in common) / len(common), 2, True)
-                          for k in SETS[:3])
-        lines.append(f"| `{row}` | `{base}` | {len(common)} | {diff_txt} | "
-                     f"[{boot['mean']['ci_low']:+.2f}, {boot['mean']['ci_high']:+.2f}] | {sets} |")
+        c = paired_cells([a[s]["result"] for s in common], [b[s]["result"] for s in common], n_boot)
+        lines.append(f"| `{row}` | `{base}` | {len(common)} | {c['diff']} | {c['ci']} | {c['sets']} |")
     return lines + [""]
 
 

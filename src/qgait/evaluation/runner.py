@@ -20,7 +20,9 @@ DATASET_PROTOCOLS = ("gait3d", "grew", "ccpg", "sustech1k")
 """Protocol names :func:`evaluate_on_store` runs on every sequence of the test subjects (not cross-view)."""
 
 
-def _dataset_protocol(name: str) -> str | None:
+def dataset_protocol(name: str) -> str | None:
+    """The dataset protocol ``name`` spells (``"Gait3D"``, ``"gait-3d"`` -> ``"gait3d"``; one of
+    :data:`DATASET_PROTOCOLS`), or None for a cross-view protocol (CASIA-B, OU-MVLP) or an unknown name."""
     key = "".join(ch for ch in name.lower() if ch.isalnum()) if isinstance(name, str) else ""
     return key if key in DATASET_PROTOCOLS else None
 
@@ -55,7 +57,7 @@ def evaluate_on_store(
     Raises:
         ValueError: unknown protocol, or no sequence of the subjects in the store; as each protocol.
     """
-    dataset = _dataset_protocol(protocol)
+    dataset = dataset_protocol(protocol)
     if dataset is not None:
         idx = store.select(subjects=subjects)
         if not idx:

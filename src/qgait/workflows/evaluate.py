@@ -38,10 +38,10 @@ def run_evaluate(cfg: ExperimentConfig, checkpoint: str | Path, out_dir: str | P
         ValueError: ``grew_submission`` with another protocol than GREW.
     """
     if grew_submission is not None:
-        from ..evaluation.runner import _dataset_protocol
+        from ..evaluation.runner import dataset_protocol
         from .outputs import check_outputs
 
-        if _dataset_protocol(cfg.eval.protocol) != "grew":
+        if dataset_protocol(cfg.eval.protocol) != "grew":
             raise ValueError(f"--grew-submission needs the GREW protocol (eval.protocol: grew), this config's is "
                              f"{cfg.eval.protocol!r}")
         grew_submission = Path(grew_submission)

@@ -290,9 +290,9 @@ def plot_gallery(store, subjects, protocol: str) -> list[int]:
         ValueError: no such sequence of ``subjects`` in the store.
     """
     from ..evaluation.cross_view import get_protocol
-    from ..evaluation.runner import _dataset_protocol
+    from ..evaluation.runner import dataset_protocol
 
-    dataset = _dataset_protocol(protocol)
+    dataset = dataset_protocol(protocol)
     conditions = PLOT_CONDITIONS[dataset] if dataset else get_protocol(protocol).gallery_conditions[:1]
     idx = store.select(subjects=subjects, conditions=list(conditions) if conditions else None)
     if not idx:
