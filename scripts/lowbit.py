@@ -54,6 +54,7 @@ class Setting:
     own_stage1: frozenset[str] = field(default_factory=frozenset)
     teachers: dict[str, tuple[str, ...]] = field(default_factory=dict)  # row -> checkpoints (repo-relative)
     comparisons: tuple[tuple[str, str], ...] = ()  # (row, baseline): differences between rows, seeds paired
+    reference: bool = False  # the FP reference (quant.fp_reference): every other setting's rows are compared with it
 
 
 SETTINGS: dict[str, Setting] = {
@@ -103,7 +104,15 @@ SETTINGS: dict[str, Setting] = {
         rows={"lsq": "LSQ (STE), the control"},
         key_rows=("lsq",),
     ),
+    "fp": Setting(
+        title="FP fine-tuned with the QAT schedule (the reference)",
+        control="fp_ft",
+        rows={"fp_ft": "the FP model trained on with every setting's schedule, no quantizers"},
+        key_rows=("fp_ft",),
+        reference=True,
+    ),
 }
+REFERENCE = next(k for k, st in SETTINGS.items() if st.reference)
 
 
 def _rel(path) -> str:
@@ -179,7 +188,7 @@ def keep_in_zoo(setting: str, row: str, seed: int, run_dir: Path) -> None:
     st = SETTINGS[setting]
     dest = ZOO / setting / f"seed{seed}"
     keep = []
-    if row == st.control:
+    if row == st.control and not st.reference:  # the reference's stage 1 is the start of nothing
         keep.append((run_dir / "stage1_last.pt", dest / "stage1_last.pt"))
     if row in st.key_rows:
         keep.append((run_dir / "model.pt", dest / f"{row}.pt"))
@@ -263,20 +272,21 @@ def setting_table(setting: str, fp_res: dict | None, n_boot: int = 2000) -> list
 
     st = SETTINGS[setting]
     runs = load_runs(setting)
+    ref = {} if st.reference else load_runs(REFERENCE).get(SETTINGS[REFERENCE].control, {})
     lines = [f"## {st.title}", "",
              f"Schedule: `results/lowbit/configs/{setting}/_schedule.yaml`; control `{st.control}`; rows other than "
              "the control start stage 2 from the control's stage-1 checkpoint of the same seed.", "",
              "| row | seeds | NM | BG | CL | mean (+- sd) | vs control: diff +- se | bootstrap 95% CI | "
-             "vs FP [95% CI] | norm ratio (spread) | inter-class ratio |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "vs FP [95% CI] | vs FP fine-tuned: diff +- se [95% CI] | norm ratio (spread) | inter-class ratio |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     if fp is not None:
         lines.append(f"| FP32 (zoo) | - | {fp['NM']:.1f} | {fp['BG']:.1f} | {fp['CL']:.1f} | {fp['mean']:.1f} "
-                     "| | | | 1 | 1 |")
+                     "| | | | | 1 | 1 |")
     ctrl = runs.get(st.control, {})
     for row, label in st.rows.items():
         by_seed = runs.get(row, {})
         if not by_seed:
-            lines.append(f"| {label} (`{row}`) | 0 | not run yet | | | | | | | | |")
+            lines.append(f"| {label} (`{row}`) | 0 | not run yet | | | | | | | | | |")
             continue
         seeds = sorted(by_seed)
         r1 = {k: seed_stats([_rank1(by_seed[s])[k] for s in seeds]) for k in SETS}
@@ -290,6 +300,11 @@ def setting_table(setting: str, fp_res: dict | None, n_boot: int = 2000) -> list
         if fp_res and "per_subject" in fp_res:
             b = subject_bootstrap([fp_res], [by_seed[s]["result"] for s in seeds], n_boot=n_boot)
             vs_fp += f" [{b['mean']['ci_low']:+.2f}, {b['mean']['ci_high']:+.2f}]"
+        with_ref = [s for s in seeds if s in ref]
+        vs_ref = "-"
+        if with_ref:
+            d, ci = _diff_cells(ref, by_seed, with_ref, n_boot)
+            vs_ref = f"{d} {ci}" + (f" ({len(with_ref)} seeds)" if len(with_ref) != len(seeds) else "")
         drift = [d for d in (_drift(by_seed[s], fp_res) for s in seeds) if d]
         if drift:
             nr = sum(d["part_norm_ratio_stats"]["mean"] for d in drift) / len(drift)
@@ -299,7 +314,7 @@ def setting_table(setting: str, fp_res: dict | None, n_boot: int = 2000) -> list
         else:
             drift_txt = "- | -"
         lines.append(f"| {label} (`{row}`) | {len(seeds)} | {r1['NM']['mean']:.1f} | {r1['BG']['mean']:.1f} | "
-                     f"{r1['CL']['mean']:.1f} | {mean_txt} | {diff_txt} | {ci_txt} | {vs_fp} | {drift_txt} |")
+                     f"{r1['CL']['mean']:.1f} | {mean_txt} | {diff_txt} | {ci_txt} | {vs_fp} | {vs_ref} | {drift_txt} |")
     lines += ["", "Columns: rank-1 (%) on CASIA-B test subjects 075-124, identical views excluded, mean over seeds "
               "(sd: sample standard deviation over seeds). *vs control*: the mean over seeds of the per-seed "
               "difference row - control, +- its standard error (seeds paired: same seed, same stage-1 checkpoint). "
@@ -307,6 +322,8 @@ def setting_table(setting: str, fp_res: dict | None, n_boot: int = 2000) -> list
               "fixed, 2,000 draws, seed 0). *norm ratio*: per-part embedding norm, quantized over FP, mean over parts "
               "(spread: max / min over parts); *inter-class ratio*: per-part mean inter-class distance, quantized "
               "over FP, mean over parts. *vs FP*: the row's seed mean minus the FP model's, with its test-subject "
+              "bootstrap 95% CI. *vs FP fine-tuned*: the row minus the FP model trained on with the same schedule "
+              "and seed (`fp_ft`, no quantizers: the gap quantization alone costs), seeds paired, with its "
               "bootstrap 95% CI.", ""]
     lines += comparison_table(setting, runs, n_boot)
     return lines

@@ -99,6 +99,7 @@ def test_control_is_lsq_with_the_ste_throughout():
         q = load_config(LOWBIT.config_path(setting, st.control)).quant
         assert q.config.quantizer == "lsq" and q.stage1.rounding == q.stage2.rounding == "ste"
         assert q.idc is None and q.idd is None
+        assert q.fp_reference == st.reference  # only the reference trains without quantizers
         assert load_config(LOWBIT.config_path(setting, st.control)).distill is None and not st.teachers.get(st.control)
 
 
@@ -116,3 +117,19 @@ def test_committed_table_is_regenerated_from_the_json(tmp_path):
     committed = LOWBIT.RESULTS / "README.md"
     assert committed.is_file(), "run: python scripts/lowbit.py table"
     assert out.read_text() == committed.read_text(), "the table is stale: python scripts/lowbit.py table"
+
+
+def test_fp_reference_has_every_settings_schedule():
+    """The FP reference (one per seed) is what every setting's "vs FP fine-tuned" column subtracts: its stages
+    must be each setting's, so that the difference is quantization alone."""
+    refs = [k for k, st in SETTINGS.items() if st.reference]
+    assert refs == [LOWBIT.REFERENCE]
+    ref = load_config(LOWBIT.config_path(LOWBIT.REFERENCE, SETTINGS[LOWBIT.REFERENCE].control))
+    assert ref.quant.fp_reference and ref.distill is None
+    for setting, st in SETTINGS.items():
+        ctrl = load_config(LOWBIT.config_path(setting, st.control))
+        for a, b in ((ctrl.quant.stage1, ref.quant.stage1), (ctrl.quant.stage2, ref.quant.stage2)):
+            assert _schedule(a) == _schedule(b), setting
+        assert (ctrl.data.model_dump(), ctrl.model.model_dump(), ctrl.loss.model_dump(), ctrl.optim.model_dump()) == \
+            (ref.data.model_dump(), ref.model.model_dump(), ref.loss.model_dump(), ref.optim.model_dump()), setting
+

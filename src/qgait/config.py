@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .quant.config import QuantConfig
 
@@ -165,6 +165,17 @@ class QuantExperimentConfig(_Strict):
     bn_reestimate_batches: int = Field(
         0, ge=0, description="after the last QAT stage, re-estimate the batch-norm statistics on this many training "
         "batches with the final quantized weights (qgait.quant.bn_stats) before model.pt is saved; 0: off")
+    fp_reference: bool = Field(
+        False, description="train the stages without quantizing (no quantizers, no calibration): the FP model "
+        "fine-tuned with exactly this schedule, batches and losses, the reference a QAT row's gap to FP is measured "
+        "against (issue 13); model.pt is then a full-precision model")
+
+    @model_validator(mode="after")
+    def _fp_reference_trains(self) -> QuantExperimentConfig:
+        if self.fp_reference and (self.config.quantizer == "ptq" or self.calib_only.iterations):
+            raise ValueError("quant.fp_reference trains the QAT stages in full precision: it takes no PTQ "
+                             "quantizer and no IDC-only calibration phase (they act on step sizes)")
+        return self
 
 
 class KLDistillConfig(_Strict):

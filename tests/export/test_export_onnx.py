@@ -320,11 +320,21 @@ def test_output_quantizers_make_every_conv_integer_and_exact(fp_model, calib, pr
     cos = torch.cat([cosines(ort_run(r.path, x), qmodel(x).detach()) for x in probes])
     if out_bits is None:
         assert float(cos.mean()) >= 0.9999 and float(cos.min()) >= 0.999, cos
+        if bits == 4:  # 16-level output grids: match_bias keeps every decision of the float bias
+            assert d["bias_match"]["mismatched_thresholds"] == 0
     else:
-        # not exact: 8-bit residual operands in a W4A4 model measured cosine 0.9992 mean here, where all-4-bit and
-        # all-8-bit output grids are exact (>= 0.9999); the cause is not found yet (issue 16). What the row costs
-        # in rank-1 after QAT is the low-bit study's lsq_outq8
+        # not bit-exact (cosine about 0.9992 mean), and the cause is the int32 bias: QLinearConv adds it on the
+        # accumulator grid s_x * s_w, which for 4-bit inputs and weights is coarse against an 8-bit output step
+        # (about 60 accumulator units per level), so match_bias cannot keep all 255 decision thresholds of every
+        # channel with the weight multipliers an int8 container allows (k <= 127 / 7); the integer kernel's
+        # decisions then differ from the float bias's at a few accumulator values, and the 4-bit requantization
+        # downstream amplifies those one-step changes. With the float bias (ConvInteger + float epilogue) the same
+        # graph is exact
+        assert d["bias_match"]["mismatched_thresholds"] > 0
         assert float(cos.mean()) >= 0.999 and float(cos.min()) >= 0.998, cos
+        exact = export_qdq(qmodel, tmp_path / f"w{bits}_int.onnx", SIZE, calib=calib, conv_kernel="integer")
+        cos_int = torch.cat([cosines(ort_run(exact.path, x), qmodel(x).detach()) for x in probes])
+        assert float(cos_int.min()) >= 0.9999, cos_int
 
 
 def test_output_grid_is_the_learned_step_with_zero_point_128(fp_model, calib, tmp_path):

@@ -122,6 +122,31 @@ def test_bn_reestimation_after_the_last_stage(small_config_file, fp_run, tmp_pat
     assert all(torch.equal(again[k], first[k]) for k in keys)
 
 
+def test_fp_reference_trains_the_stages_without_quantizers(small_config_file, fp_run, tmp_path):
+    """quant.fp_reference: the same stages, batches and losses, no quantizer anywhere; model.pt is an FP model
+    that differs from the start (it trained) and loads as one; the summary says what it is."""
+    from qgait.quant import iter_quantizers
+
+    cfg = load_config(small_config_file, quant_overrides(stage1=2, stage2=1) + [
+        "quant.idc=null", "quant.evaluate_stage1=false", "quant.plot=false", "quant.fp_reference=true"])
+    out = tmp_path / "fpref"
+    summary = run_quantize(cfg, fp_run / "last.pt", out, progress=False, fp_results={"mean": 0.0})
+    assert summary["quantizer"] == "none" and summary["bits"].startswith("FP")
+    assert 0 <= summary["stages"]["stage2"]["mean"] <= 100
+    ck = load_checkpoint(out / "model.pt")
+    assert ck["kind"] == "qgait-model" and ck.get("quant_config") is None
+    model, _ = load_inference_model(out / "model.pt")
+    assert not list(iter_quantizers(model)) and not (out / "quant_summary.txt").exists()
+    start = {k[len("model."):]: v for k, v in load_checkpoint(fp_run / "last.pt")["model"].items()
+             if k.startswith("model.")}
+    conv = next(k for k in ck["state_dict"] if k.endswith("weight") and ck["state_dict"][k].dim() == 4)
+    assert not torch.equal(ck["state_dict"][conv], start[conv])
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in log] == ["stage1"] * 2 + ["stage2"]
+    with pytest.raises(ValueError, match="fp_reference"):
+        load_config(small_config_file, quant_overrides() + ["quant.fp_reference=true", "quant.config.quantizer=ptq"])
+
+
 def test_ptq_calibrates_and_evaluates_without_training(small_config_file, fp_run, tmp_path):
     cfg = load_config(small_config_file, quant_overrides() + ["quant.config.quantizer=ptq"])
     summary = run_quantize(cfg, fp_run / "model.pt", tmp_path / "ptq", progress=False)

@@ -3,6 +3,8 @@
 Calibration of the step sizes on training batches, an optional IDC-only phase (steps + BN statistics),
 stage 1 (LSQ + STE, with IDC) and stage 2 (soft quantizer fine-tune, with IDC), each resumable mid-stage and
 each evaluated with the config's protocol. PTQ (``quant.config.quantizer: ptq``) stops after calibration.
+``quant.fp_reference`` trains the same stages without quantizers: the FP model fine-tuned with the QAT schedule,
+the reference for a QAT row's gap to FP.
 
 Run folder: ``calib_last.pt`` / ``stage1_last.pt`` / ``stage2_last.pt`` (training checkpoints),
 ``stage1_model.pt`` and ``model.pt`` (quantized inference models, kind ``qgait-quant-model``),
@@ -155,10 +157,11 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
         batches = make_train_batches(cfg, store, split.train_subjects, ctx)
         net = load_fp_network(fp_checkpoint, cfg, batches.num_classes).to(ctx.device)
         teacher = FrozenTeacher(copy.deepcopy(net.model))
-        quantize_(net.model, q.config)
-        calib = [batches.get(10**6 + i)[0].to(ctx.device) for i in range(q.calibration_batches)]
-        calibrate_(net.model, calib)
-        del calib
+        if not q.fp_reference:  # the FP reference trains the same stages without quantizers
+            quantize_(net.model, q.config)
+            calib = [batches.get(10**6 + i)[0].to(ctx.device) for i in range(q.calibration_batches)]
+            calibrate_(net.model, calib)
+            del calib
         train_net, kd_terms, kd_fn = net, {}, None
         if kd_teachers:
             train_net, kd_terms, kd_fn = prepare_distillation(cfg, kd_teachers, net, ctx.device)
@@ -166,9 +169,10 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
             "name": cfg.name, "fp_checkpoint": str(fp_checkpoint), "stages": {}, "seconds": {},
             **({"teachers": [str(t) for t in teachers]} if kd_teachers else {}),
             **({"config_changes_on_resume": changes} if changes else {}),
-            "bits": (f"mixed (base W{q.config.weight_bits}A{q.config.act_bits}, {len(q.config.bit_map)} bit_map "
+            "bits": ("FP (reference: the QAT schedule without quantizers)" if q.fp_reference else
+                     f"mixed (base W{q.config.weight_bits}A{q.config.act_bits}, {len(q.config.bit_map)} bit_map "
                      f"entries)" if q.config.bit_map else f"W{q.config.weight_bits}A{q.config.act_bits}"),
-            "quantizer": q.config.quantizer,
+            "quantizer": "none" if q.fp_reference else q.config.quantizer,
             "iterations": 0 if q.config.quantizer == "ptq"
             else q.calib_only.iterations + q.stage1.iterations + q.stage2.iterations,
         }
@@ -197,7 +201,7 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
         def save_model(name: str) -> None:
             save_inference_model(
                 out_dir / name, net.model, cfg.model.name, cfg.model.args, size,
-                quant_config=q.config.model_dump(mode="json"),
+                quant_config=None if q.fp_reference else q.config.model_dump(mode="json"),
                 extra={"experiment": cfg.name, "eval_protocol": cfg.eval.protocol,
                        "head_state_dict": net.head.state_dict() if net.head else None},
             )
@@ -214,7 +218,7 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
                 config=dump_config(cfg), progress=progress, tag=stage_name,
             )
 
-        if ctx.is_main:
+        if ctx.is_main and not q.fp_reference:
             (out_dir / "quant_summary.txt").write_text(quant_summary(net.model))
         ptq = q.config.quantizer == "ptq"
         if ptq and ctx.is_main:  # post-training quantization: calibration only, no training
