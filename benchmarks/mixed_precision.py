@@ -19,6 +19,11 @@ quantize config layered over ``--config`` (``..._w3size.yaml``; at W3A3's size a
 ``qgait quantize <it> --from FP_CKPT`` trains it.
 
     nice -n 19 python benchmarks/mixed_precision.py [--p 8 --k 2 --batches 2 --probes 4 --threads 2]
+
+The full-size GaitBase (no FP checkpoint on a CPU machine: ``--untrained`` times it with random weights, the
+costs being the same; no quant config is written)::
+
+    python benchmarks/mixed_precision.py --config qgait_w4a4_casiab --untrained --blocks joint --name full_size
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from qgait.quant.mixed import (allocate, bit_map_of, build_options, count_macs, 
                                frontier_json, layer_sensitivity, pareto_frontier, plot_frontier, target_layers,
                                uniform, write_quant_config)
 from qgait.runtime.cpu import cpu_info
-from qgait.workflows.common import build_losses, split_subjects
+from qgait.workflows.common import build_losses, build_network, split_subjects
 from qgait.workflows.quantize import load_fp_network
 
 from _record import record_path  # benchmarks/_record.py: dated, CPU-named, never over an earlier run
@@ -85,6 +90,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="qgait_w4a4_cpu", help="quantize config (targets, exclusions; the base)")
     ap.add_argument("--fp", type=Path, default=REPO / "zoo" / "gaitbase_casiab_cpu" / "model.pt")
+    ap.add_argument("--untrained", action="store_true",
+                    help="time the search on the config's model with random weights (no FP checkpoint: the "
+                         "full-size GaitBase has none here); costs do not depend on the weights, the allocations do, "
+                         "so no quant config is written")
+    ap.add_argument("--name", default="cpu_recipe", help="the record's name: results/mixed/<name>_<date>_<cpu>.json")
     ap.add_argument("--store", type=Path, default=REPO / "stores" / "casia-b-44")
     ap.add_argument("--p", type=int, default=8, help="subjects per Hessian batch")
     ap.add_argument("--k", type=int, default=2, help="sequences per subject in a Hessian batch")
@@ -111,7 +121,11 @@ def main() -> None:
     tb = TrainBatches(store, store.select(subjects=split.train_subjects), p=a.p, k=a.k,
                       frames=cfg.data.train_frames, size=size, augment=None, seed=a.seed)
     batches = [tb.get(10**6 + i) for i in range(a.batches)]
-    net = load_fp_network(a.fp, cfg, tb.num_classes).eval()
+    if a.untrained:
+        torch.manual_seed(a.seed)
+        net = build_network(cfg, tb.num_classes).eval()
+    else:
+        net = load_fp_network(a.fp, cfg, tb.num_classes).eval()
     losses = build_losses(cfg.loss, net.head is not None)
 
     def loss_fn(_model, batch):
@@ -194,7 +208,7 @@ def main() -> None:
           f"frontiers {t_front:.1f}; allocations {t_alloc:.2f}; together {total:.1f}")
 
     a.out_dir.mkdir(parents=True, exist_ok=True)
-    path = record_path("cpu_recipe", out_dir=a.out_dir)  # cpu_recipe_<date>_<cpu slug>[_<k>].json
+    path = record_path(a.name, out_dir=a.out_dir)  # <name>_<date>_<cpu slug>[_<k>].json
     stem = path.stem
     png = plot_frontier(
         a.out_dir / f"{stem}.png", {"size_bits": front_size, "bops": front_bops}, references=refs,
@@ -202,8 +216,8 @@ def main() -> None:
         scales={"size_bits": (8192, "weights (KiB, packed at their bits)"), "bops": (1e9, "GBOPs per sequence")},
         title=f"{cfg.name}: Hessian-weighted quantization error vs size / BOPs ({a.frames}-frame sequence)")
     cfg_paths = {}
-    for key, suffix, what in (("w3a3_size", "w3size", "uniform W3A3's weight size"),
-                              ("w3a3_size_bops", "w3a3", "uniform W3A3's weight size and BOPs")):
+    for key, suffix, what in () if a.untrained else (("w3a3_size", "w3size", "uniform W3A3's weight size"),
+                                                     ("w3a3_size_bops", "w3a3", "uniform W3A3's weight size and BOPs")):
         al = alloc[key]
         cfg_paths[key] = write_quant_config(
             a.out_dir / f"{stem}_{suffix}.yaml", bit_map_of(al), base=a.config, name=f"mixed_{suffix}_{cfg.name}",
@@ -216,7 +230,8 @@ def main() -> None:
         "threads": a.threads, "loadavg_before": load_before, "loadavg_after": load_after,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "command": "python benchmarks/mixed_precision.py "
         + " ".join(sys.argv[1:]),
-        "config": a.config, "fp_checkpoint": str(a.fp), "store": str(a.store),
+        "config": a.config, "fp_checkpoint": "untrained (random weights: timing only)" if a.untrained else str(a.fp),
+        "store": str(a.store), "model_args": cfg.model.args, "input_size": list(size),
         "settings": {"p": a.p, "k": a.k, "batches": a.batches, "frames": cfg.data.train_frames, "probes": a.probes,
                      "blocks": a.blocks, "weight_bits": a.weight_bits, "act_bits": a.act_bits,
                      "mac_frames": a.frames, "points": a.points, "loss": "triplet + CE (BNNeck), eval mode"},

@@ -3,12 +3,13 @@
 Random weights with real batch-norm statistics (4 real CASIA-B sequences), W8A8 / W4A4 steps calibrated
 (percentile) on the same sequences. Variants: FP32; ORT static PTQ with the first conv float (default) or int8;
 learned-step QDQ exports at W8A8 and W4A4, with output quantizers on the residual operands
-(``QuantConfig.output_quant`` from ``find_residual_outputs``) or without (the exporter's defaults: min-max
-requantization of the residual convs at 8 bits, float residual convs below). Sessions are timed interleaved
-(``--repeats`` rounds after 3 warm-up runs each) so that machine noise hits all alike; prints a Markdown table
-(median ms, speed-up over FP32) and writes JSON.
+(``QuantConfig.output_quant`` from ``find_residual_outputs``), with the exporter's defaults (min-max
+requantization of the residual convs, at every bit width since 2026-12-04) or exact (``requant=False``: the residual
+convs float). Sessions are timed interleaved (``--repeats`` rounds after 3 warm-up runs each) so that machine noise
+hits all alike; prints a Markdown table (median ms, speed-up over FP32) and writes
+``results/bench/ort_int8_variants_<date>_<cpu>_t<threads>.json`` (never over an earlier run).
 
-    python benchmarks/ort_int8_variants.py --store stores/casia-b-44 [--threads 2] [--output results/deploy/ort_int8_variants.json]
+    python benchmarks/ort_int8_variants.py --store stores/casia-b-44 [--threads 2]
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from qgait.models import build_model
 from qgait.quant import QuantConfig, calibrate_, find_residual_outputs, quantize_
 from qgait.workflows.deploy import BENCH_MODELS
 
+from _record import write_record  # benchmarks/_record.py: dated, CPU-named, never over an earlier run
+
 
 def build(d: Path, store: str) -> dict:
     cfg = BENCH_MODELS["full"]
@@ -54,13 +57,14 @@ def build(d: Path, store: str) -> dict:
         info[f"ptq_first_{first}"] = {}
     names = find_residual_outputs(m, calib[0][:, :4])
     for bits in (8, 4):
-        for out in (True, False):
+        for variant in ("output_quant", "defaults", "exact"):
             q = copy.deepcopy(m)
             quantize_(q, QuantConfig(weight_bits=bits, act_bits=bits, lsq_init="mse",
-                                     output_quant=names if out else []))
+                                     output_quant=names if variant == "output_quant" else []))
             calibrate_(q, calib, method="percentile", max_samples=2**15)
-            key = f"qdq_w{bits}a{bits}_{'output_quant' if out else 'defaults'}"
-            r = export_qdq(q.eval(), d / f"{key}.onnx", size, calib=calib)
+            key = f"qdq_w{bits}a{bits}_{variant}"
+            r = export_qdq(q.eval(), d / f"{key}.onnx", size, calib=calib,
+                           **({"requant": False} if variant == "exact" else {}))
             info[key] = {"first_input": r.details["first_input"], "requantized": len(r.details["requantized"]),
                          "float_residual_convs": len(residual_convs(onnx.load(r.path)))}
     return info
@@ -71,7 +75,6 @@ def main() -> None:
     ap.add_argument("--store", default="stores/casia-b-44")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--repeats", type=int, default=8)
-    ap.add_argument("--output", default="results/deploy/ort_int8_variants.json")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
@@ -99,10 +102,9 @@ def main() -> None:
             info[n].update(median_ms=1000 * med, iqr_ms=1000 * float(np.subtract(*np.percentile(times[n], [75, 25]))),
                            speedup_vs_fp32=base / med, bytes=(d / f"{n}.onnx").stat().st_size)
             rows.append(f"| {n} | {1000 * med:.1f} | {base / med:.2f}x | {json.dumps({k: v for k, v in info[n].items() if k in ('first_input', 'requantized', 'float_residual_convs')})} |")
-    result = {"model": "full GaitBase, random weights", "batch": 1, "frames": 30, "threads": a.threads,
-              "repeats": a.repeats, "onnxruntime": ort.__version__, "variants": info}
-    Path(a.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.output).write_text(json.dumps(result, indent=2))
+    result = {"model": "full GaitBase, random weights", "batch": 1, "frames": 30, "repeats": a.repeats,
+              "onnxruntime": ort.__version__, "variants": info}
+    write_record("ort_int8_variants", result, threads=a.threads)  # prints the path
     print("| variant | median ms | vs FP32 | export |\n| --- | --- | --- | --- |\n" + "\n".join(rows))
 
 

@@ -210,8 +210,9 @@ def add_deploy_commands(subparsers: argparse._SubParsersAction) -> None:
                    "float otherwise")
     p.add_argument("--requant", choices=["auto", "on", "off"], default="auto",
                    help="quantized checkpoint: requantize the residual convs' outputs (uint8, min-max over the "
-                   "calibration store) so that ONNX Runtime runs them as QLinearConv; auto (default): only when "
-                   "every activation grid is 8-bit (below 8 bits it costs accuracy: docs/deployment.md)")
+                   "calibration store) so that ONNX Runtime runs them as QLinearConv; auto (default): whenever "
+                   "--calib-store is given, at every bit width (below 8 bits the file is no longer bit-faithful, "
+                   "cosine about 0.993, with rank-1 kept: docs/deployment.md); off: exact, slower")
     p.add_argument("--conv-kernel", choices=["qlinear", "integer"], default="qlinear",
                    help="quantized checkpoint: QDQ around Conv, fused by ORT to QLinearConv (default), or "
                    "ConvInteger + float epilogue (exact, slow in ONNX Runtime)")

@@ -114,19 +114,19 @@ def test_quantize_evaluate_export_on_standin(dataset, tmp_path, capsys):
     ck = load_checkpoint(qdir / "model.pt")
     assert ck["kind"] == "qgait-quant-model" and ck["eval_protocol"] == load_config(recipe).eval.protocol
 
-    # qgait export Q/model.pt: int8 QDQ ONNX (QLinearConv kernels; at 8 bits the residual convs requantized on
-    # the training subjects), with the parity check on every test sequence, the protocol's rank-1 included
+    # qgait export Q/model.pt: int8 QDQ ONNX (QLinearConv kernels; the residual convs requantized on the training
+    # subjects), with the parity check on every test sequence, the protocol's rank-1 included
     onnx, report = tmp_path / "export" / "model.int8.onnx", tmp_path / "export" / "report.json"
     run(["export", qdir / "model.pt", "--output", onnx, "--calib-store", store_dir, "--calib-subjects",
          ",".join(train), "--calib-sequences", "2", "--calib-frames", "8", "--parity-store", store_dir,
          "--parity-subjects", ",".join(test), "--max-frames", "8", "--report", report, "--quiet"], capsys)
     rep = json.loads(report.read_text())
     assert onnx.is_file() and rep["output"] == str(onnx) and rep["kind"] == "int8-qdq"
-    # 8-bit grids: the residual convs' outputs requantized on min-max ranges of 2 calibration sequences, the only
-    # calibrated numbers (measured 0.9992-0.9997); 4-bit: nothing calibrated, the QDQ tolerance of tests/export
-    requant = "w8a8" in recipe
-    assert rep["requantized"] > 0 if requant else rep["requantized"] == 0
-    tol = 0.995 if requant else 0.999
+    # the residual convs' outputs requantized on min-max ranges of 2 calibration sequences, the only calibrated
+    # numbers: 8-bit grids measured 0.9992-0.9997; below 8 bits a 256-level grid before the residual add moves
+    # some activations across the next 4-bit threshold (not bit-faithful; the tolerance of tests/export)
+    assert rep["requantized"] > 0
+    tol = 0.995 if "w8a8" in recipe else 0.98
     par = rep["parity"]
     assert par["sequences"] == len(store.select(subjects=test))
     assert par["cosine_mean"] >= tol, par

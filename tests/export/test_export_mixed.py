@@ -76,7 +76,9 @@ def mixed_model(plain_fp, calib):
 
 @pytest.fixture(scope="module")
 def mixed_export(mixed_model, calib, tmp_path_factory):
-    return export_qdq(mixed_model[0], tmp_path_factory.mktemp("mixed") / "mixed.onnx", SIZE, calib=calib)
+    # requant=False: the bit-faithful graph (the default requantizes the residual convs: test below)
+    return export_qdq(mixed_model[0], tmp_path_factory.mktemp("mixed") / "mixed.onnx", SIZE, calib=calib,
+                      requant=False)
 
 
 def test_mixed_export_records_each_layers_bits_and_matches_pytorch(mixed_model, mixed_export, probes):
@@ -85,9 +87,23 @@ def test_mixed_export_records_each_layers_bits_and_matches_pytorch(mixed_model, 
     rows = {r["name"]: r for r in meta["layers"] if r["quantized"]}
     assert {n: (r["weight_bits"], r.get("act_bits")) for n, r in rows.items()} == bits
     assert meta["overflow"] == 0
-    assert meta["requant"] is False  # below 8 bits somewhere: residual convs are not requantized ("auto")
+    assert meta["requant"] is False  # as asked: residual convs float, exact semantics
     cos = torch.cat([cosines(ort_run(mixed_export.path, x), model(x).detach()) for x in probes])
     assert float(cos.mean()) >= 0.999 and float(cos.min()) >= 0.998, cos
+
+
+def test_mixed_default_export_runs_every_backbone_conv_on_int8_kernels(mixed_model, calib, probes, tmp_path):
+    """The default (requant "auto"): the residual convs' outputs requantized on calibrated uint8 grids, so ONNX
+    Runtime fuses every backbone conv into QLinearConv; not bit-faithful below 8 bits, but close."""
+    from .test_export_onnx import _optimized_ops
+
+    model = mixed_model[0]
+    r = export_qdq(model, tmp_path / "mixed_default.onnx", SIZE, calib=calib)
+    assert r.details["requant"] is True and len(r.details["requantized"]) == 7  # 4 conv2 + 3 downsample
+    ops = _optimized_ops(r.path, tmp_path)
+    assert ops.count("QLinearConv") == 11 + (r.details["first_input"] == "uint8")  # every conv after the stem
+    cos = torch.cat([cosines(ort_run(r.path, x), model(x).detach()) for x in probes])
+    assert float(cos.mean()) >= 0.98, cos
 
 
 def test_mixed_qgpack_packs_only_the_low_bit_layers(mixed_model, mixed_export, probes, tmp_path):
@@ -131,7 +147,8 @@ def test_export_command_packs_a_mixed_checkpoint(mixed_model, small_store, tmp_p
 @pytest.fixture(scope="module")
 def negated_export(fp_model, calib, tmp_path_factory):
     model = _mixed(fp_model, calib)[0]
-    return model, export_qdq(model, tmp_path_factory.mktemp("negated") / "mixed.onnx", SIZE, calib=calib)
+    return model, export_qdq(model, tmp_path_factory.mktemp("negated") / "mixed.onnx", SIZE, calib=calib,
+                             requant=False)  # the bit-faithful graph: parity shows the negation is exact
 
 
 def test_negated_bn_channels_do_not_overflow_on_the_narrow_8_bit_grid(negated_export):

@@ -55,7 +55,7 @@ def pt2e_from_quantized(model: nn.Module, input_size: Sequence[int], first_input
     if not is_quantized_model(model):
         raise ValueError("model is not quantized: use pt2e_from_fp for a full-precision model")
     example = _example(input_size)
-    deploy, _ = _qdq_deploy(model, example, first_input)
+    deploy, _ = _qdq_deploy(model, example, first_input, native_ranges=True)  # grids < 8 bits: inductor's form
     with torch.no_grad():
         ep = torch.export.export(deploy.eval(), (example,), dynamic_shapes=_dynamic())
     return ep.module()

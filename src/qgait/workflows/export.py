@@ -56,8 +56,8 @@ def export_checkpoint(
     - FP model, ``fmt="onnx"``: FP32 ONNX, batch norm folded; with ``int8``: ONNX Runtime static PTQ (needs
       ``calib_store``).
     - quantized model, ``fmt="onnx"``: int8 QDQ ONNX with the learned steps (``int8`` is implied); with
-      ``requant`` (``"auto"``: 8-bit activation grids only) the residual convs are requantized when
-      ``calib_store`` is given; ``first_input``, ``conv_kernel`` and ``match_bias`` as in
+      ``requant`` (``"auto"``: at every bit width) the residual convs are requantized when
+      ``calib_store`` is given, so that every conv runs on int8 kernels; ``first_input``, ``conv_kernel`` and ``match_bias`` as in
       :func:`qgait.export.export_qdq` (defaults: float first input unless 64x44, ``QLinearConv`` with matched
       int32 biases); with ``pack_int4`` (weights <= 4 bits) also a packed ``.qgpack`` beside it.
     - ``fmt="pt2e"``: a ``torch.export`` ``.pt2`` program: the learned-step PT2E int8 graph of a quantized model,
