@@ -118,25 +118,29 @@ def table() -> Path:
 def _against_control(groups: dict[tuple, list[dict]]) -> list[str]:
     """Each re-estimated row other than the control against the control of its setting (same batches), seeds
     paired: after re-estimation vs the control as trained (a recipe with re-estimation against plain LSQ), and vs
-    the control re-estimated too (like for like); and the row after re-estimation vs the FP model."""
+    the control re-estimated too (like for like); and every re-estimated row (the control too) vs the FP model
+    (the zoo's) and vs the FP model fine-tuned with the same schedule and seed (the low-bit study's ``fp_ft``)."""
     from qgait.evaluation.stats import paired_difference, subject_bootstrap
 
     fp_path = REPO / "zoo" / "gaitbase_casiab_cpu" / "results.json"
     fp = json.loads(fp_path.read_text()) if fp_path.is_file() else None
+    fp_ft = {int(p.stem.rsplit("_seed", 1)[1]): json.loads(p.read_text())
+             for p in (REPO / "results" / "lowbit" / "fp").glob("fp_ft_seed*.json")}
     out = []
     for (setting, row, batches), recs in sorted(groups.items()):
         ctrl = {r["seed"]: r for r in groups.get((setting, "lsq", batches), [])}
-        recs = [r for r in recs if r["seed"] in ctrl]
-        if row == "lsq" or not recs:
+        if row != "lsq":
+            recs = [r for r in recs if r["seed"] in ctrl]
+        if not recs:
             continue
         seeds = [r["seed"] for r in recs]
         after = [r["rank1_after"]["mean"] for r in recs]
         res = [r["result"] for r in recs]
-        for label, base, base_res in (
+        for label, base, base_res in (() if row == "lsq" else (
                 ("the control as trained", [ctrl[s]["rank1_before"]["mean"] for s in seeds],
                  [json.loads((REPO / ctrl[s]["reference"]).read_text())["result"] for s in seeds]),
                 ("the control re-estimated too", [ctrl[s]["rank1_after"]["mean"] for s in seeds],
-                 [ctrl[s]["result"] for s in seeds])):
+                 [ctrl[s]["result"] for s in seeds]))):
             d = paired_difference(base, after)
             b = subject_bootstrap(base_res, res, n_boot=2000)
             se = f" +- {d['se']:.2f}" if d["se"] is not None else ""
@@ -146,6 +150,14 @@ def _against_control(groups: dict[tuple, list[dict]]) -> list[str]:
             b = subject_bootstrap([fp], res, n_boot=2000)
             out.append(f"| {setting} | {row} re-estimated | FP (zoo) | {len(recs)} | {b['mean']['diff']:+.2f} | "
                        f"[{b['mean']['ci_low']:+.2f}, {b['mean']['ci_high']:+.2f}] |")
+        paired = [i for i, s in enumerate(seeds) if s in fp_ft]
+        if paired:
+            ft = [fp_ft[seeds[i]]["result"] for i in paired]
+            d = paired_difference([f["mean"] for f in ft], [after[i] for i in paired])
+            b = subject_bootstrap(ft, [res[i] for i in paired], n_boot=2000)
+            se = f" +- {d['se']:.2f}" if d["se"] is not None else ""
+            out.append(f"| {setting} | {row} re-estimated | FP fine-tuned, same schedule and seed (`fp_ft`) | "
+                       f"{len(paired)} | {d['mean']:+.2f}{se} | [{b['mean']['ci_low']:+.2f}, {b['mean']['ci_high']:+.2f}] |")
     if not out:
         return []
     return ["", "Re-estimated rows against the control (`lsq`, same batches) and against FP, seeds paired:", "",

@@ -304,7 +304,8 @@ def setting_table(setting: str, fp_res: dict | None, n_boot: int = 2000) -> list
         vs_ref = "-"
         if with_ref:
             d, ci = _diff_cells(ref, by_seed, with_ref, n_boot)
-            vs_ref = f"{d} {ci}" + (f" ({len(with_ref)} seeds)" if len(with_ref) != len(seeds) else "")
+            n = len(with_ref)
+            vs_ref = f"{d} {ci}" + (f" ({n} seed{'s' if n > 1 else ''})" if n != len(seeds) else "")
         drift = [d for d in (_drift(by_seed[s], fp_res) for s in seeds) if d]
         if drift:
             nr = sum(d["part_norm_ratio_stats"]["mean"] for d in drift) / len(drift)
