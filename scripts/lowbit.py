@@ -273,9 +273,11 @@ def setting_table(setting: str, fp_res: dict | None, n_boot: int = 2000) -> list
     st = SETTINGS[setting]
     runs = load_runs(setting)
     ref = {} if st.reference else load_runs(REFERENCE).get(SETTINGS[REFERENCE].control, {})
+    about = ("the QAT stages without quantizers (`quant.fp_reference`): what the FP model reaches with the same "
+             "600 iterations" if st.reference else "rows other than the control start stage 2 from the control's "
+             "stage-1 checkpoint of the same seed")
     lines = [f"## {st.title}", "",
-             f"Schedule: `results/lowbit/configs/{setting}/_schedule.yaml`; control `{st.control}`; rows other than "
-             "the control start stage 2 from the control's stage-1 checkpoint of the same seed.", "",
+             f"Schedule: `results/lowbit/configs/{setting}/_schedule.yaml`; control `{st.control}`; {about}.", "",
              "| row | seeds | NM | BG | CL | mean (+- sd) | vs control: diff +- se | bootstrap 95% CI | "
              "vs FP [95% CI] | vs FP fine-tuned: diff +- se [95% CI] | norm ratio (spread) | inter-class ratio |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
