@@ -64,7 +64,7 @@ def build(d: Path, store: str) -> dict:
             calibrate_(q, calib, method="percentile", max_samples=2**15)
             key = f"qdq_w{bits}a{bits}_{variant}"
             r = export_qdq(q.eval(), d / f"{key}.onnx", size, calib=calib,
-                           **({"requant": False} if variant == "exact" else {}))
+                           requant=False if variant == "exact" else "auto")
             info[key] = {"first_input": r.details["first_input"], "requantized": len(r.details["requantized"]),
                          "float_residual_convs": len(residual_convs(onnx.load(r.path)))}
     return info

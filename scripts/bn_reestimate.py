@@ -119,14 +119,24 @@ def _against_control(groups: dict[tuple, list[dict]]) -> list[str]:
     """Each re-estimated row other than the control against the control of its setting (same batches), seeds
     paired: after re-estimation vs the control as trained (a recipe with re-estimation against plain LSQ), and vs
     the control re-estimated too (like for like); and every re-estimated row (the control too) vs the FP model
-    (the zoo's) and vs the FP model fine-tuned with the same schedule and seed (the low-bit study's ``fp_ft``)."""
+    (the zoo's) and vs the FP model fine-tuned with the same schedule and seed (the low-bit study's reference)."""
     from qgait.evaluation.stats import paired_difference, subject_bootstrap
+
+    from lowbit import REFERENCE, SETTINGS, load_runs  # scripts/lowbit.py: the reference's records by seed
 
     fp_path = REPO / "zoo" / "gaitbase_casiab_cpu" / "results.json"
     fp = json.loads(fp_path.read_text()) if fp_path.is_file() else None
-    fp_ft = {int(p.stem.rsplit("_seed", 1)[1]): json.loads(p.read_text())
-             for p in (REPO / "results" / "lowbit" / "fp").glob("fp_ft_seed*.json")}
+    fp_ft = load_runs(REFERENCE).get(SETTINGS[REFERENCE].control, {})
     out = []
+
+    def paired_line(setting: str, row: str, label: str, base: list[float], base_res: list[dict], after: list[float],
+                    res: list[dict]) -> str:
+        d = paired_difference(base, after)
+        b = subject_bootstrap(base_res, res, n_boot=2000)
+        se = f" +- {d['se']:.2f}" if d["se"] is not None else ""
+        return (f"| {setting} | {row} re-estimated | {label} | {len(res)} | {d['mean']:+.2f}{se} | "
+                f"[{b['mean']['ci_low']:+.2f}, {b['mean']['ci_high']:+.2f}] |")
+
     for (setting, row, batches), recs in sorted(groups.items()):
         ctrl = {r["seed"]: r for r in groups.get((setting, "lsq", batches), [])}
         if row != "lsq":
@@ -136,16 +146,14 @@ def _against_control(groups: dict[tuple, list[dict]]) -> list[str]:
         seeds = [r["seed"] for r in recs]
         after = [r["rank1_after"]["mean"] for r in recs]
         res = [r["result"] for r in recs]
-        for label, base, base_res in (() if row == "lsq" else (
-                ("the control as trained", [ctrl[s]["rank1_before"]["mean"] for s in seeds],
-                 [json.loads((REPO / ctrl[s]["reference"]).read_text())["result"] for s in seeds]),
-                ("the control re-estimated too", [ctrl[s]["rank1_after"]["mean"] for s in seeds],
-                 [ctrl[s]["result"] for s in seeds]))):
-            d = paired_difference(base, after)
-            b = subject_bootstrap(base_res, res, n_boot=2000)
-            se = f" +- {d['se']:.2f}" if d["se"] is not None else ""
-            out.append(f"| {setting} | {row} re-estimated | {label} | {len(recs)} | {d['mean']:+.2f}{se} | "
-                       f"[{b['mean']['ci_low']:+.2f}, {b['mean']['ci_high']:+.2f}] |")
+        if row != "lsq":
+            out.append(paired_line(setting, row, "the control as trained",
+                                   [ctrl[s]["rank1_before"]["mean"] for s in seeds],
+                                   [json.loads((REPO / ctrl[s]["reference"]).read_text())["result"] for s in seeds],
+                                   after, res))
+            out.append(paired_line(setting, row, "the control re-estimated too",
+                                   [ctrl[s]["rank1_after"]["mean"] for s in seeds], [ctrl[s]["result"] for s in seeds],
+                                   after, res))
         if fp is not None:
             b = subject_bootstrap([fp], res, n_boot=2000)
             out.append(f"| {setting} | {row} re-estimated | FP (zoo) | {len(recs)} | {b['mean']['diff']:+.2f} | "
@@ -153,11 +161,8 @@ def _against_control(groups: dict[tuple, list[dict]]) -> list[str]:
         paired = [i for i, s in enumerate(seeds) if s in fp_ft]
         if paired:
             ft = [fp_ft[seeds[i]]["result"] for i in paired]
-            d = paired_difference([f["mean"] for f in ft], [after[i] for i in paired])
-            b = subject_bootstrap(ft, [res[i] for i in paired], n_boot=2000)
-            se = f" +- {d['se']:.2f}" if d["se"] is not None else ""
-            out.append(f"| {setting} | {row} re-estimated | FP fine-tuned, same schedule and seed (`fp_ft`) | "
-                       f"{len(paired)} | {d['mean']:+.2f}{se} | [{b['mean']['ci_low']:+.2f}, {b['mean']['ci_high']:+.2f}] |")
+            out.append(paired_line(setting, row, "FP fine-tuned, same schedule and seed (`fp_ft`)",
+                                   [f["mean"] for f in ft], ft, [after[i] for i in paired], [res[i] for i in paired]))
     if not out:
         return []
     return ["", "Re-estimated rows against the control (`lsq`, same batches) and against FP, seeds paired:", "",
