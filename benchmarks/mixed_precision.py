@@ -20,6 +20,8 @@ quantize config layered over ``--config`` (``..._w3size.yaml``; at W3A3's size a
 
     nice -n 19 python benchmarks/mixed_precision.py [--p 8 --k 2 --batches 2 --probes 4 --threads 2]
 
+``--device cuda`` runs the Hessian products on a GPU (the record's name then carries the GPU's).
+
 The full-size GaitBase (no FP checkpoint on a CPU machine: ``--untrained`` times it with random weights, the
 costs being the same; no quant config is written)::
 
@@ -49,7 +51,7 @@ from qgait.runtime.cpu import cpu_info
 from qgait.workflows.common import build_losses, build_network, split_subjects
 from qgait.workflows.quantize import load_fp_network
 
-from _record import record_path  # benchmarks/_record.py: dated, CPU-named, never over an earlier run
+from _record import record_path, slug  # benchmarks/_record.py: dated, CPU-named, never over an earlier run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -106,6 +108,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=30, help="frames of the example sequence that MACs count")
     ap.add_argument("--points", type=int, default=None, help="budgets per frontier sweep (default: the exact walk)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="where the Hessian products run (cpu, cuda)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out-dir", type=Path, default=REPO / "results" / "mixed")
     a = ap.parse_args()
@@ -120,12 +123,14 @@ def main() -> None:
     size = tuple(cfg.data.input_size)
     tb = TrainBatches(store, store.select(subjects=split.train_subjects), p=a.p, k=a.k,
                       frames=cfg.data.train_frames, size=size, augment=None, seed=a.seed)
-    batches = [tb.get(10**6 + i) for i in range(a.batches)]
+    device = torch.device(a.device)
+    batches = [tuple(t.to(device) for t in tb.get(10**6 + i)) for i in range(a.batches)]
     if a.untrained:
         torch.manual_seed(a.seed)
         net = build_network(cfg, tb.num_classes).eval()
     else:
         net = load_fp_network(a.fp, cfg, tb.num_classes).eval()
+    net = net.to(device)
     losses = build_losses(cfg.loss, net.head is not None)
 
     def loss_fn(_model, batch):
@@ -145,7 +150,7 @@ def main() -> None:
 
     # 2. hardware costs and ties
     t0 = time.perf_counter()
-    example = torch.rand(1, a.frames, *size).round()
+    example = torch.rand(1, a.frames, *size, device=device).round()
     macs = count_macs(model, example, names)
     ties = find_residual_ties(model, example, names)
     options = build_options(sens, layers, macs, weight_bits=a.weight_bits, act_bits=a.act_bits, runtime="ideal")
@@ -177,8 +182,8 @@ def main() -> None:
     load_after = os.getloadavg()
 
     cpu = cpu_info()
-    print(f"{cfg.name}: {len(names)} layers, Hessian batches {a.batches} x {a.p * a.k} sequences x "
-          f"{cfg.data.train_frames} frames, {a.probes} probes per block ({a.blocks}), {a.threads} threads, "
+    print(f"{cfg.name} on {_device_name(device)}: {len(names)} layers, Hessian batches {a.batches} x "
+          f"{a.p * a.k} sequences x {cfg.data.train_frames} frames, {a.probes} probes per block ({a.blocks}), {a.threads} threads, "
           f"{cpu['model']}, load {load_before[0]:.1f} -> {load_after[0]:.1f}")
     print(f"\n{'layer':34s} {'n':>7s} {'MMACs':>7s} {'tr(H_W)/n':>10s} {'+-se':>9s} {'tr(H_A)':>9s} {'+-se':>8s}"
           f" {'Om_W(3)':>9s} {'Om_A(3)':>9s}")
@@ -208,7 +213,8 @@ def main() -> None:
           f"frontiers {t_front:.1f}; allocations {t_alloc:.2f}; together {total:.1f}")
 
     a.out_dir.mkdir(parents=True, exist_ok=True)
-    path = record_path(a.name, out_dir=a.out_dir)  # <name>_<date>_<cpu slug>[_<k>].json
+    # <name>[_<gpu slug>]_<date>_<cpu slug>[_<k>].json
+    path = record_path(a.name + (f"_{slug(_device_name(device))}" if device.type == "cuda" else ""), out_dir=a.out_dir)
     stem = path.stem
     png = plot_frontier(
         a.out_dir / f"{stem}.png", {"size_bits": front_size, "bops": front_bops}, references=refs,
@@ -227,7 +233,7 @@ def main() -> None:
         assert {n: v.model_dump(exclude_none=True) for n, v in check.items()} == bit_map_of(al), cfg_paths[key]
     out = {
         "benchmark": "mixed_precision", "date": date.today().isoformat(), "cpu": cpu, "torch": torch.__version__,
-        "threads": a.threads, "loadavg_before": load_before, "loadavg_after": load_after,
+        "threads": a.threads, "device": _device_name(device), "loadavg_before": load_before, "loadavg_after": load_after,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "command": "python benchmarks/mixed_precision.py "
         + " ".join(sys.argv[1:]),
         "config": a.config, "fp_checkpoint": "untrained (random weights: timing only)" if a.untrained else str(a.fp),
@@ -249,6 +255,10 @@ def main() -> None:
     }
     path.write_text(_dump(out))
     print(f"wrote {path}, {png}, " + ", ".join(str(p) for p in cfg_paths.values()))
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ def extract_embeddings(
 
     Args:
         model: ``silhouettes [1, T, h, w] float in [0, 1] -> embeddings [1, c, p]`` (an ``nn.Module``, set to
-            eval mode here, or any callable such as an ONNX Runtime session wrapper).
+            eval mode and moved to ``device`` here, or any callable such as an ONNX Runtime session wrapper).
         size: model input ``(h, w)``.
         max_frames: frames per sequence cap (OpenGait: 720).
         freeze_quant: for an ``nn.Module`` containing qgait quantizers (:func:`qgait.quant.is_quantized`), run
@@ -48,7 +48,7 @@ def extract_embeddings(
         raise ValueError("no sequences to embed")
     is_module = isinstance(model, nn.Module)
     if is_module:
-        model.eval()
+        model.eval().to(device)  # a checkpoint loads on the CPU; the sequences go to ``device``
     frozen = frozen_for_inference(model) if is_module and freeze_quant and is_quantized(model) else nullcontext()
     out = []
     with frozen:
