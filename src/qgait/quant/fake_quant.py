@@ -221,6 +221,9 @@ def _grid_tensors(q_n: int, q_p: int, like: Tensor) -> tuple[Tensor, Tensor]:
 
 def _run_kernel(name: str, *args: Tensor | float):
     """Call the compiled kernel; on any failure warn once, switch the kernels off and return ``None``."""
+    # detached: the kernels run without autograd (no-grad forward, or inside the backward), and a tensor that
+    # requires grad (a weight) would otherwise cost dynamo a recompilation of its own (dispatch-key guard)
+    args = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
     try:
         return _kernel(name)(*args)
     except Exception as e:  # noqa: BLE001 - any compiler/toolchain problem: fall back to the eager code
