@@ -1,8 +1,10 @@
-"""The helpers of scripts/distill_grad_norms.py and scripts/device_summary.py on small known inputs."""
+"""The helpers of scripts/distill_grad_norms.py, scripts/device_summary.py and scripts/zoo_add.py on small known
+inputs."""
 
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -30,3 +32,29 @@ def test_step_times_median_leaves_out_the_first_window(tmp_path):
     out = mod.step_times(log)
     assert out["stage1"] == {"iterations": 40, "windows": 4, "median_s_per_iter": 0.3, "last_loss": 1.7}
     assert out["stage2"]["median_s_per_iter"] == 0.7  # a single window is its own median
+
+
+def test_zoo_add_stores_float16_weights_that_load_as_the_model(tmp_path, capsys):
+    from qgait.engine.checkpoint import load_checkpoint, load_inference_model, save_inference_model
+    from qgait.models import build_model
+
+    mod = load_script("zoo_add")
+    torch.manual_seed(0)
+    args = {"width": 0.125, "bins": [4], "embed_dim": 16}
+    run, zoo = tmp_path / "runs" / "m", tmp_path / "zoo" / "m"
+    save_inference_model(run / "model.pt", build_model("gaitbase", **args).eval(), "gaitbase", args, (32, 22))
+    (run / "config.yaml").write_text("name: m\n")
+    argv, sys.argv = sys.argv, ["zoo_add.py", str(run), str(zoo), "--half"]
+    try:
+        assert mod.main() == 0
+        assert mod.main() == 1  # the zoo folder exists now: refused without --overwrite
+    finally:
+        sys.argv = argv
+    stored = load_checkpoint(zoo / "model.pt")
+    assert stored["weights_dtype"] == "float16"
+    assert all(v.dtype == torch.float16 for v in stored["state_dict"].values() if torch.is_floating_point(v))
+    model, _ = load_inference_model(zoo / "model.pt")
+    assert next(model.parameters()).dtype == torch.float32
+    assert mod.embedding_cosine(run / "model.pt", zoo / "model.pt", (32, 22)) > 0.999
+    assert (zoo / "config.yaml").read_text() == "name: m\n"
+    assert "exists" in capsys.readouterr().err
