@@ -58,7 +58,7 @@ class TeacherSpec:
         """One line: the missing file, the rows that need it, and how to make it."""
         run = f"runs/{Path(self.recipe).stem}/model.pt"
         return (f"missing teacher {self.path} (rows {', '.join(rows)}): train it with `qgait train {self.recipe}`, "
-                f"then copy {run} into {Path(self.path).parent}/")
+                f"then `python scripts/zoo_add.py {Path(run).parent} {Path(self.path).parent}`")
 
 
 TEACHERS: dict[str, TeacherSpec] = {

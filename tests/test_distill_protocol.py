@@ -178,7 +178,7 @@ def test_a_missing_teacher_is_refused_before_anything_runs(tmp_path, monkeypatch
     assert msg.count("\n") == 0, "one line for one missing teacher"
     assert "zoo/gaitbase_casiab_cpu_w05/model.pt" in msg
     assert "qgait train configs/gaitbase_casiab_cpu_w05.yaml" in msg
-    assert "runs/gaitbase_casiab_cpu_w05/model.pt into zoo/gaitbase_casiab_cpu_w05/" in msg
+    assert "python scripts/zoo_add.py runs/gaitbase_casiab_cpu_w05 zoo/gaitbase_casiab_cpu_w05" in msg
     assert not (tmp_path / "runs").exists()
     # the control needs no teacher
     assert STUDY_MOD.missing_teachers(["alone"], root=tmp_path) == []
