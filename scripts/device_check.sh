@@ -10,11 +10,18 @@
 #      $FP_SECONDS (default 120) at the measured step time, evaluated on the test subjects present;
 #   3. mixed precision on that model: per-layer and joint Hutchinson traces on the GPU, timed
 #      (benchmarks/mixed_precision.py --device cuda);
-#   4. QGait W4A4 QAT (qgait_w4a4_casiab, shortened) from that model, on the GPU, evaluated;
+#   4. QGait W4A4 QAT (qgait_w4a4_casiab, shortened) from that model, on the GPU, then `qgait evaluate` of it;
 #   5. DeepGaitV2 (deepgaitv2_casiab) trained briefly, then GaitKD DeepGaitV2 -> GaitBase
 #      (gaitkd_deepgaitv2_gaitbase_casiab) for a few iterations: step times of teacher, student and distillation.
-# Every part ends by $DEADLINE seconds (default 540) after the start. Everything small that the parts write (logs, results JSON, the mixed-precision records) is packed into
-# $OUT/device_check.tar.gz; checkpoints stay on the machine.
+# PARTS (default "mixed w4a4 kd") picks among parts 3-5. Every part ends by $DEADLINE seconds (default 540) after
+# the start. Everything small that the parts write (logs, results JSON, the mixed-precision records) is packed into
+# $OUT/device_check.tar.gz; checkpoints stay on the machine. `python scripts/device_summary.py` turns the unpacked
+# folders into one JSON of figures.
+#
+# Through this workplace's device tool (2026-12-04; the tree travels, ../shared does not, 64 MiB at most):
+# hard-link some archives into an ignored .devdata/ (18 training + 4 test subjects fit beside the tracked files
+# once zoo/ is moved aside for the call), carry .devdata and the wheels of packages the machine lacks (pydantic),
+# and run `DATA=.devdata bash scripts/device_check.sh`.
 set -u
 OUT=${OUT:?set OUT to the output folder}
 DATA=${DATA:?set DATA to a folder of CASIA-B .tar.xz archives}
