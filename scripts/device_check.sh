@@ -5,7 +5,8 @@
 #   OUT=/some/dir DATA=path/to/archives bash scripts/device_check.sh
 # Each part runs under its own time limit, and a failing part does not stop the next:
 #   0. the machine: GPU, CPU model and instruction sets (VNNI or not: issue 16 item 6), torch;
-#   1. the store, imported from $DATA (64x44 frames);
+#   1. the store, imported from $DATA (64x44 frames); on a CPU without VNNI (or with PARTS naming cpu_int8), the
+#      ONNX Runtime int8 variants of full GaitBase at batch 1 (benchmarks/ort_int8_variants.py, issue 16 item 6);
 #   2. full-size GaitBase (gaitbase_casiab, fp16 autocast): 30 timed iterations, then as many as fit in
 #      $FP_SECONDS (default 120) at the measured step time, evaluated on the test subjects present;
 #   3. mixed precision on that model: per-layer and joint Hutchinson traces on the GPU, timed
@@ -66,6 +67,12 @@ cat "$RUNS/machine.txt"
 
 # 1. the store
 part import 120 $PY -m qgait.cli data import "$DATA" "$STORE" --cut-width --quiet --overwrite
+
+# 1b. ONNX Runtime int8 on this CPU (issue 16 item 6) when it lacks VNNI, or when PARTS names cpu_int8
+if want cpu_int8 || ! grep -q -w -E 'avx512_vnni|avx_vnni' /proc/cpuinfo; then
+  part cpu_int8 300 $PY benchmarks/ort_int8_variants.py --store "$STORE" --threads 1 --repeats 10
+  find results/bench -name 'ort_int8_variants_*.json' -newer "$RUNS/machine.txt" -exec cp {} "$RUNS/" \;
+fi
 
 # 2. full-size GaitBase: time 30 iterations, then train for FP_SECONDS
 COMMON=(--set "data.store=$STORE" --set train.log_every=10 --set train.eval_every=0 --set train.save_every=100000)
