@@ -183,8 +183,8 @@ def main() -> None:
 
     cpu = cpu_info()
     print(f"{cfg.name} on {_device_name(device)}: {len(names)} layers, Hessian batches {a.batches} x "
-          f"{a.p * a.k} sequences x {cfg.data.train_frames} frames, {a.probes} probes per block ({a.blocks}), {a.threads} threads, "
-          f"{cpu['model']}, load {load_before[0]:.1f} -> {load_after[0]:.1f}")
+          f"{a.p * a.k} sequences x {cfg.data.train_frames} frames, {a.probes} probes per block ({a.blocks}), "
+          f"{a.threads} threads, {cpu['model']}, load {load_before[0]:.1f} -> {load_after[0]:.1f}")
     print(f"\n{'layer':34s} {'n':>7s} {'MMACs':>7s} {'tr(H_W)/n':>10s} {'+-se':>9s} {'tr(H_A)':>9s} {'+-se':>8s}"
           f" {'Om_W(3)':>9s} {'Om_A(3)':>9s}")
     for t in layers:
@@ -214,7 +214,8 @@ def main() -> None:
 
     a.out_dir.mkdir(parents=True, exist_ok=True)
     # <name>[_<gpu slug>]_<date>_<cpu slug>[_<k>].json
-    path = record_path(a.name + (f"_{slug(_device_name(device))}" if device.type == "cuda" else ""), out_dir=a.out_dir)
+    gpu = f"_{slug(_device_name(device))}" if device.type == "cuda" else ""
+    path = record_path(a.name + gpu, out_dir=a.out_dir)
     stem = path.stem
     png = plot_frontier(
         a.out_dir / f"{stem}.png", {"size_bits": front_size, "bops": front_bops}, references=refs,
@@ -233,7 +234,8 @@ def main() -> None:
         assert {n: v.model_dump(exclude_none=True) for n, v in check.items()} == bit_map_of(al), cfg_paths[key]
     out = {
         "benchmark": "mixed_precision", "date": date.today().isoformat(), "cpu": cpu, "torch": torch.__version__,
-        "threads": a.threads, "device": _device_name(device), "loadavg_before": load_before, "loadavg_after": load_after,
+        "threads": a.threads, "device": _device_name(device), "loadavg_before": load_before,
+        "loadavg_after": load_after,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "command": "python benchmarks/mixed_precision.py "
         + " ".join(sys.argv[1:]),
         "config": a.config, "fp_checkpoint": "untrained (random weights: timing only)" if a.untrained else str(a.fp),
