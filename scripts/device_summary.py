@@ -4,7 +4,9 @@ Reads each run folder (the unpacked ``device_check.tar.gz``): ``machine.txt``, t
 (``<part>/train_log.jsonl``: median seconds per iteration per stage, the first logged window left out as warm-up),
 the evaluations (``<part>/summary.json``, ``<part>_eval/results.json``) and the mixed-precision records
 (``mixed/*_layer_*.json`` against ``mixed/*_joint_*.json``: times, Spearman correlation of the per-layer traces,
-bits in common). Writes ``--out`` (never over an existing file).
+bits in common), and the forward FLOPs per 30-frame 64x44 sequence of the full-size recipes' models (counted on the
+CPU with ``torch.utils.flop_counter.FlopCounterMode``), against which the step-time ratios read. Writes ``--out``
+(never over an existing file).
 
     python scripts/device_summary.py results/device/h200_2026-12-04/run1 [run2 ...] --out results/device/x.json
 """
@@ -20,6 +22,23 @@ from pathlib import Path
 from scipy.stats import spearmanr
 
 PARTS = ("fp_probe", "fp", "w4a4", "dgv2", "gaitkd")
+FLOP_RECIPES = ("gaitbase_casiab", "deepgaitv2_casiab")  # the models of the parts fp and dgv2
+
+
+def forward_gflops(recipe: str, frames: int = 30) -> float:
+    """Forward GFLOPs (2 per multiply-add) of ``recipe``'s inference model on one ``frames``-frame sequence."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from qgait.config import load_config
+    from qgait.models import build_model
+
+    cfg = load_config(recipe)
+    model = build_model(cfg.model.name, **cfg.model.args).eval()
+    x = torch.rand(1, frames, *cfg.data.input_size).round()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() / 1e9
 
 
 def step_times(log: Path) -> dict:
@@ -103,7 +122,8 @@ def main() -> int:
         print(f"error: {a.out} exists; name another file", file=sys.stderr)
         return 1
     out = {"source": "scripts/device_check.sh", "command": "python scripts/device_summary.py "
-           + " ".join(sys.argv[1:]), "runs": [summarise(r) for r in a.runs]}
+           + " ".join(sys.argv[1:]), "runs": [summarise(r) for r in a.runs],
+           "forward_gflops_per_30_frame_sequence": {r: round(forward_gflops(r), 1) for r in FLOP_RECIPES}}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))

@@ -32,17 +32,12 @@ from qgait.engine.checkpoint import load_checkpoint
 from qgait.workflows.common import build_losses, build_network, split_subjects
 from qgait.workflows.distill import load_teachers, prepare_distillation
 
+from loss_grad_norms import grad_norm  # scripts/loss_grad_norms.py: the same norm for the quantization terms
+
 REPO = Path(__file__).resolve().parents[1]
 TERMS = {"kd_kl": "part-wise KL (T 4)", "kd_global": "plain KD, one logit vector (T 4)",
          "kd_ab": "AB (margin 1)", "kd_mse": "feature MSE"}
 AB_WEIGHT = 0.003  # GaitKD's reference weight (docs/distillation.md)
-
-
-def grad_norm(params: list[torch.nn.Parameter], loss: torch.Tensor) -> float:
-    """``|| d loss / d params ||_2`` over all ``params`` stacked (parameters the loss does not reach count 0)."""
-    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-    norms = [g.norm() for g in grads if g is not None]
-    return torch.stack(norms).norm().item() if norms else 0.0
 
 
 def measure(cfg, teachers, batches, student_state: dict | None, seed: int) -> dict:

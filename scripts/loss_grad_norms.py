@@ -40,7 +40,8 @@ TERMS = {
 def grad_norm(params: list[torch.nn.Parameter], loss: torch.Tensor) -> float:
     """``|| d loss / d params ||_2`` over all ``params`` stacked (parameters the loss does not reach count 0)."""
     grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-    return torch.stack([g.norm() for g in grads if g is not None]).norm().item()
+    norms = [g.norm() for g in grads if g is not None]
+    return torch.stack(norms).norm().item() if norms else 0.0
 
 
 def main() -> int:

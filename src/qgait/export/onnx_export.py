@@ -280,8 +280,8 @@ def export_qdq(
             4-bit threshold, so the export is no longer bit-faithful (trained W4A4 CPU recipe, 3 seeds, all 5,485
             test sequences: embedding cosine 0.993-0.994 against 0.99999 without), but its decisions are kept:
             CASIA-B rank-1 within 0.13 of the PyTorch model's (docs/deployment.md), and every backbone conv runs on
-            int8 kernels (2.8x faster than without on the CPU recipe). ``False``: those convs stay float convs on int8 weights
-            (exact QAT semantics, slower); a model trained with output quantizers needs neither.
+            int8 kernels (2.8x faster than without on the CPU recipe). ``False``: those convs stay float convs on
+            int8 weights (exact QAT semantics, slower); a model trained with output quantizers needs neither.
         first_input: ``"uint8"`` (quantize the first conv's exact input at 1/255), ``"float"``, or ``"auto"``
             (default: uint8 for 64x44 inputs, where it is exact, or with 8-bit activation grids; float otherwise,
             see :func:`resolve_first_input`).
