@@ -92,11 +92,12 @@ STUDY = Study(
         "gaitkd": "+ GaitKD: part-wise KL (T 4) + AB",
         "kl": "+ part-wise logit KD (KL, T 4)",
         "ab": "+ AB (activation boundaries, margin 1)",
-        "feature_mse": "+ feature MSE (baseline)",
+        "feature_mse": "+ feature MSE at weight 0.5, AB's gradient pull (baseline)",
         "global_kd": "+ plain KD on one logit vector (baseline, T 4)",
         "hetero": "+ AB from GaitSet (another architecture and part count)",
         "two_teachers": "+ GaitKD from two teachers (losses summed)",
         "two_teachers_ensemble": "+ GaitKD from two teachers (KL to their mean distribution)",
+        "feature_mse_w1": "+ feature MSE at weight 1, the reference code's (baseline)",
     },
     key_rows=("alone", "gaitkd"),
     teachers={
@@ -104,9 +105,11 @@ STUDY = Study(
         "feature_mse": ("gaitbase_w05",), "global_kd": ("gaitbase_w05",), "hetero": ("gaitset",),
         "two_teachers": ("gaitbase_w05", "gaitbase_recipe"),
         "two_teachers_ensemble": ("gaitbase_w05", "gaitbase_recipe"),
+        "feature_mse_w1": ("gaitbase_w05",),
     },
     comparisons=(("gaitkd", "kl"), ("gaitkd", "ab"), ("ab", "feature_mse"), ("kl", "global_kd"),
-                 ("hetero", "ab"), ("two_teachers", "gaitkd"), ("two_teachers_ensemble", "two_teachers")),
+                 ("hetero", "ab"), ("two_teachers", "gaitkd"), ("two_teachers_ensemble", "two_teachers"),
+                 ("ab", "feature_mse_w1")),
 )
 
 

@@ -33,6 +33,7 @@ ROWS = list(STUDY.rows)
 TERMS = {
     "alone": set(), "gaitkd": {"kl", "ab"}, "kl": {"kl"}, "ab": {"ab"}, "feature_mse": {"feature_mse"},
     "global_kd": {"global_kd"}, "hetero": {"ab"}, "two_teachers": {"kl", "ab"}, "two_teachers_ensemble": {"kl", "ab"},
+    "feature_mse_w1": {"feature_mse"},
 }
 
 
@@ -196,3 +197,16 @@ def test_committed_table_is_regenerated_from_the_json(tmp_path):
     assert committed.is_file(), "run: python scripts/distill_study.py table"
     out = STUDY_MOD.write_table(tmp_path / "README.md")
     assert out.read_text() == committed.read_text(), "the table is stale: python scripts/distill_study.py table"
+
+
+def test_feature_mse_row_pulls_like_ab():
+    """The ``feature_mse`` row's weight is the measured pull-matched one (AB at GaitKD's 0.003), so that "AB beats
+    feature MSE" compares the losses' shapes; ``feature_mse_w1`` keeps the reference code's weight 1."""
+    import json
+
+    rec = json.loads((REPO / "results" / "distill" / "grad_norms_w05.json").read_text())
+    matched = [rec[k]["weight_to_match_ab"] for k in ("at_init", "trained")]
+    assert _cfg("ab").distill.ab.weight == rec["ab_reference_weight"]
+    w = _cfg("feature_mse").distill.feature_mse.weight
+    assert min(matched) - 0.05 <= w <= max(matched) + 0.05, (w, matched)
+    assert _cfg("feature_mse_w1").distill.feature_mse.weight == 1.0
