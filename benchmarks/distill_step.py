@@ -8,11 +8,15 @@ On the CPU recipe and real batches of the store, times SGD steps (data, forward,
 
 The teacher is ``--teacher`` (default: the zoo's FP model, the teacher of the low-bit study's GaitKD rows). With
 ``--quant w3a3`` the student is that model fake-quantized (LSQ, STE), as ``qgait quantize --teacher`` trains it.
-The two variants alternate step by step on the same batches, so machine noise hits them alike; the medians and
-the ratio gaitkd / student are printed (goal: at most 1.3) and written to
-``results/bench/distill_step_<date>_<cpu>_t<threads>.json``.
+- ``gaitkd_bf16_teacher``: as ``gaitkd`` with the teacher's forward pass under bf16 autocast
+  (``distill.teacher_amp: bf16``); the student stays float32. Also recorded: how far the bf16 teacher's outputs
+  are from the float32 teacher's on the timed batches (embedding cosine, softened-target difference at T 4).
 
-    python benchmarks/distill_step.py [--steps 20] [--quant w3a3] [--threads 2]
+The variants alternate step by step on the same batches, so machine noise hits them alike; the medians and the
+ratios to ``student`` are printed (goal: at most 1.3) and written to
+``results/bench/distill_step_<date>_<cpu>_t<threads>[_<tag>].json``.
+
+    python benchmarks/distill_step.py [--steps 20] [--quant w3a3] [--threads 2] [--teacher CKPT] [--tag NAME]
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
-    from qgait.config import load_config
+    from qgait.config import DistillConfig, load_config
     from qgait.engine.distributed import DistContext
     from qgait.losses import LossSum
     from qgait.quant import QuantConfig, calibrate_, quantize_
@@ -50,6 +54,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tag", default="", help="file-name suffix (e.g. the teacher's name)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     cfg = load_config(a.config)
@@ -62,17 +67,32 @@ def main() -> int:
         bits = int(a.quant[1])
         quantize_(student.model, QuantConfig(weight_bits=bits, act_bits=bits))
         calibrate_(student.model, [batches.get(10**6 + i)[0] for i in range(2)])
-    kd_student = copy.deepcopy(student)
+    kd_student, kd16_student = copy.deepcopy(student), copy.deepcopy(student)
     task = build_losses(cfg.loss, student.head is not None)
     train_net, kd_terms, teacher_fn = prepare_distillation(cfg, load_teachers([a.teacher]), kd_student, ctx.device)
+    cfg16 = cfg.model_copy(deep=True)
+    cfg16.distill = (cfg16.distill or DistillConfig()).model_copy(update={"teacher_amp": "bf16"})
+    train16, _, teacher16 = prepare_distillation(cfg16, load_teachers([a.teacher]), kd16_student, ctx.device)
     kd_loss = LossSum({**{k: (m, task.weights[k]) for k, m in task.terms.items()}, **kd_terms})
+
+    def sgd(net):
+        return torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9)
+
     variants = {
-        "student": (student, task, None, torch.optim.SGD(student.parameters(), lr=1e-4, momentum=0.9)),
-        "gaitkd": (train_net, kd_loss, teacher_fn, torch.optim.SGD(train_net.parameters(), lr=1e-4, momentum=0.9)),
+        "student": (student, task, None, sgd(student)),
+        "gaitkd": (train_net, kd_loss, teacher_fn, sgd(train_net)),
+        "gaitkd_bf16_teacher": (train16, kd_loss, teacher16, sgd(train16)),
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
+    cosines, target_diffs = [], []
     for it in range(a.warmup + a.steps):
         x, y = batches.get(it)
+        t32, t16 = teacher_fn(x), teacher16(x)
+        cosines.append(torch.nn.functional.cosine_similarity(
+            t32["teacher_embeddings"].flatten(1), t16["teacher_embeddings"].flatten(1)).min().item())
+        if "teacher_logits" in t32:
+            p32, p16 = (torch.softmax(16 * t["teacher_logits"] / 4, dim=1) for t in (t32, t16))
+            target_diffs.append((p32 - p16).abs().max().item())
         for name, (net, loss_fn, extra, opt) in variants.items():
             net.train()
             t0 = time.perf_counter()
@@ -87,11 +107,19 @@ def main() -> int:
                 times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["gaitkd"] / med["student"]
-    print(f"student {med['student']:.3f} s/step, with GaitKD {med['gaitkd']:.3f} s/step (median of {a.steps}, "
-          f"{a.quant} student): {ratio:.2f}x (goal <= 1.3)")
+    ratio16 = med["gaitkd_bf16_teacher"] / med["student"]
+    print(f"student {med['student']:.3f} s/step, with GaitKD {med['gaitkd']:.3f} s/step, with GaitKD and a bf16 "
+          f"teacher {med['gaitkd_bf16_teacher']:.3f} s/step (median of {a.steps}, {a.quant} student): "
+          f"{ratio:.2f}x and {ratio16:.2f}x (goal <= 1.3)")
+    fidelity = {"min_embedding_cosine": min(cosines),
+                "max_target_abs_diff": max(target_diffs) if target_diffs else None}
+    print(f"bf16 teacher vs float32: embedding cosine >= {fidelity['min_embedding_cosine']:.5f}, softened targets "
+          f"(T 4) differ by <= {fidelity['max_target_abs_diff']}")
     write_record("distill_step", {"config": str(a.config), "student": str(a.student), "teacher": str(a.teacher),
                                   "quant": a.quant, "steps": a.steps, "median_s": med, "ratio": ratio,
-                                  "kd_terms": sorted(kd_terms), "times_s": times}, threads=a.threads)
+                                  "ratio_bf16_teacher": ratio16, "bf16_teacher_fidelity": fidelity,
+                                  "kd_terms": sorted(kd_terms), "times_s": times},
+                 threads=a.threads, suffix=f"_{a.tag}" if a.tag else "")
     return 0
 
 

@@ -210,3 +210,11 @@ def test_feature_mse_row_pulls_like_ab():
     w = _cfg("feature_mse").distill.feature_mse.weight
     assert min(matched) - 0.05 <= w <= max(matched) + 0.05, (w, matched)
     assert _cfg("feature_mse_w1").distill.feature_mse.weight == 1.0
+
+
+def test_every_distilled_row_runs_its_teachers_at_one_precision():
+    """The teachers' forward precision (``distill.teacher_amp``) is part of the protocol: one value for every row
+    that distils (bf16: measured as 1.97x -> 1.44x a student step with the width-0.5 teacher, outputs within cosine
+    0.9999 of float32; results/bench/distill_step_*_teacher_w05.json)."""
+    amps = {row: _cfg(row).distill.teacher_amp for row in ROWS if row != STUDY.control}
+    assert set(amps.values()) == {"bf16"}, amps

@@ -218,3 +218,42 @@ def test_multi_teacher_keys_sum_and_ensemble():
         torch.save(ens, io.BytesIO())
     ens.train()
     assert not any(m.training for n in nets for m in n.modules())
+
+
+def test_teacher_bf16_autocast_outputs_float32_close_to_fp32():
+    """``amp=torch.bfloat16`` (config ``distill.teacher_amp: bf16``): the forward runs in bf16, the outputs come back
+    float32 and close to the float32 teacher's; the setting survives copies and MultiTeacher; bad dtypes refused."""
+    net = _net()
+    _warm_bn(net)
+    x = _batch()[0]
+    fp32, bf16 = Teacher(net)(x), Teacher(net, amp=torch.bfloat16)(x)
+    assert all(v.dtype == torch.float32 for v in bf16.values())
+    e32, e16 = fp32["teacher_embeddings"].flatten(1), bf16["teacher_embeddings"].flatten(1)
+    assert not torch.equal(e32, e16)  # it did run in reduced precision
+    assert torch.nn.functional.cosine_similarity(e32, e16).min() > 0.99
+    # the softened targets the KL reads (T 4, scale 16) differ by little
+    p32 = torch.softmax(16 * fp32["teacher_logits"] / 4, dim=1)
+    p16 = torch.softmax(16 * bf16["teacher_logits"] / 4, dim=1)
+    assert (p32 - p16).abs().max() < 0.05
+    t = Teacher(net, amp=torch.bfloat16)
+    assert copy.copy(t).amp is torch.bfloat16 and copy.deepcopy(t).amp is torch.bfloat16
+    assert all(m.amp is torch.bfloat16 for m in MultiTeacher([t, Teacher(_net(seed=3))]).teachers[:1])
+    assert MultiTeacher([t, Teacher(_net(seed=3))]).teachers[1].amp is None
+    with pytest.raises(ValueError, match="teacher amp"):
+        Teacher(net, amp=torch.int8)
+
+
+def test_prepare_distillation_sets_the_teachers_precision_from_the_config():
+    from qgait.config import DistillConfig
+    from qgait.workflows.distill import prepare_distillation
+
+    class _Cfg:  # the two sections prepare_distillation reads
+        def __init__(self, amp):
+            self.distill = DistillConfig(teacher_amp=amp)
+            self.data = type("D", (), {"input_size": None})()
+            self.loss = type("L", (), {"ce": None})()
+
+    for amp, want in (("bf16", torch.bfloat16), ("none", None)):
+        t = Teacher(_net())
+        prepare_distillation(_Cfg(amp), [t], _student(), torch.device("cpu"))
+        assert t.amp is want

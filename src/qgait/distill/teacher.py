@@ -40,6 +40,9 @@ class Teacher:
             ``"embeddings"`` and, with a head, ``"logits"``) or a bare inference model returning the embeddings
             tensor ``[n, c, p]``. It is frozen in place (``eval()``, ``requires_grad_(False)``).
         prefix: the output-key prefix (``"teacher"``; :class:`MultiTeacher` uses ``"teacher0"``, ...).
+        amp: run the teacher's forward pass under ``torch.autocast`` with this dtype (``torch.bfloat16``: about
+            2x faster on a CPU with AVX-512 BF16 or AMX; config ``distill.teacher_amp``), or ``None`` (float32).
+            The outputs are float32 either way; the student's own precision is ``train.amp``.
 
     Call: ``teacher(x)`` -> dict of float32 tensors, without gradient; ``teacher.num_classes``,
     ``teacher.embed_dim``, ``teacher.parts`` describe it where the network tells (else ``None``).
@@ -47,15 +50,28 @@ class Teacher:
     Raises:
         TypeError: ``net`` is not an ``nn.Module`` (construction); the network returns neither a tensor nor a dict
             with ``"embeddings"`` (call); pickling.
+        ValueError: ``amp`` is not ``None``, ``torch.bfloat16`` or ``torch.float16``.
     """
 
-    def __init__(self, net: nn.Module, prefix: str = "teacher") -> None:
+    def __init__(self, net: nn.Module, prefix: str = "teacher", amp: torch.dtype | None = None) -> None:
         if not isinstance(net, nn.Module):
             raise TypeError(f"Teacher needs an nn.Module, got {type(net).__name__}")
         if not prefix or not isinstance(prefix, str):
             raise ValueError(f"prefix must be a non-empty string, got {prefix!r}")
         self.net = net.eval().requires_grad_(False)
         self.prefix = prefix
+        self.amp = amp
+
+    @property
+    def amp(self) -> torch.dtype | None:
+        """The autocast dtype of the teacher's forward pass (``torch.bfloat16``), or ``None`` for float32."""
+        return self._amp
+
+    @amp.setter
+    def amp(self, dtype: torch.dtype | None) -> None:
+        if dtype not in (None, torch.bfloat16, torch.float16):
+            raise ValueError(f"teacher amp must be None, torch.bfloat16 or torch.float16, got {dtype!r}")
+        self._amp = dtype
 
     # -------------------------------------------------------------------- what the teacher is
     @property
@@ -110,7 +126,8 @@ class Teacher:
     def __call__(self, x: Tensor) -> dict[str, Tensor]:
         if self.net.training:
             self.net.eval()
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(x.device.type, dtype=self._amp or torch.bfloat16,
+                                             enabled=self._amp is not None):
             out = self.net(x)
         if isinstance(out, Tensor):
             emb, logits = out, None
@@ -134,10 +151,10 @@ class Teacher:
         )
 
     def __copy__(self) -> Teacher:
-        return Teacher(self.net, self.prefix)
+        return Teacher(self.net, self.prefix, self.amp)
 
     def __deepcopy__(self, memo: dict) -> Teacher:
-        return Teacher(copy.deepcopy(self.net, memo), self.prefix)
+        return Teacher(copy.deepcopy(self.net, memo), self.prefix, self.amp)
 
     def __repr__(self) -> str:
         return (f"Teacher(prefix={self.prefix!r}, net={type(self.net).__name__}, embed_dim={self.embed_dim}, "
@@ -169,7 +186,8 @@ class MultiTeacher:
                  temperature: float = 4.0, prefix: str = "teacher") -> None:
         if not nets:
             raise ValueError("MultiTeacher needs at least one teacher")
-        self.teachers = [Teacher(t.net if isinstance(t, Teacher) else t, f"{prefix}{i}") for i, t in enumerate(nets)]
+        self.teachers = [Teacher(t.net, f"{prefix}{i}", t.amp) if isinstance(t, Teacher) else Teacher(t, f"{prefix}{i}")
+                         for i, t in enumerate(nets)]
         self.ensemble, self.prefix = bool(ensemble), prefix
         self.scale, self.temperature = float(scale), float(temperature)
         if self.ensemble:

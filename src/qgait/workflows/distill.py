@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 
 from ..config import DistillConfig, ExperimentConfig
@@ -222,7 +223,8 @@ def combine_outputs(*fns):
 
 
 def prepare_distillation(cfg: ExperimentConfig, teachers: Sequence[Teacher], net: GaitWithHead, device):
-    """Check ``teachers`` against the student ``net`` and build what a distillation run adds.
+    """Check ``teachers`` against the student ``net`` and build what a distillation run adds; sets each teacher's
+    forward precision from ``distill.teacher_amp`` (:attr:`qgait.distill.Teacher.amp`).
 
     Returns:
         ``(train_net, terms, teacher_fn)``: the :class:`DistillNetwork` (with connectors, on ``device``), the
@@ -235,6 +237,7 @@ def prepare_distillation(cfg: ExperimentConfig, teachers: Sequence[Teacher], net
     for t in teachers:
         check_teacher(t, net, getattr(t, "path", t.prefix), input_size=cfg.data.input_size,
                       needs_logits=_uses_logits(d))
+        t.amp = torch.bfloat16 if d.teacher_amp == "bf16" else None
     prefixes = [t.prefix for t in teachers]
     connectors = {}
     if _uses_embeddings(d):
