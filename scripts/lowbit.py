@@ -34,6 +34,7 @@ RESULTS = REPO / "results" / "lowbit"
 CONFIGS = RESULTS / "configs"
 ZOO = REPO / "zoo" / "lowbit"
 FP_REL = "zoo/gaitbase_casiab_cpu/model.pt"
+W05_REL = "zoo/gaitbase_casiab_cpu_w05/model.pt"  # the GaitKD teacher (issue 14): GaitBase at width 0.5
 FP_CKPT = REPO / FP_REL
 FP_RESULTS = REPO / "zoo" / "gaitbase_casiab_cpu" / "results.json"
 ZOO_LIMIT_BYTES = 5 * 2**20
@@ -83,14 +84,18 @@ SETTINGS: dict[str, Setting] = {
             "lsq_stem8_fc8": "uniform W3A3 with the stem's weights and the part FC's input at 8 bits (LCPAQ's two "
                              "8-bit choices alone), own stage 1",
             "mixed_lcpaq_kd": "mixed_lcpaq + GaitKD from the FP model (part KL T 4 + AB), both stages, own stage 1",
+            "mixed_lcpaq_kd_w05": "mixed_lcpaq + GaitKD from the width-0.5 GaitBase (78.4; part KL T 4 + AB, teacher "
+                                  "in bf16), both stages, own stage 1",
         },
         key_rows=("lsq", "mixed_lcpaq"),
         own_stage1=frozenset({"kd_both", "idd_both_w300", "mixed_lcpaq", "mixed_hessian", "mixed_random",
-                              "lsq_stem8", "lsq_stem8_fc8", "mixed_lcpaq_kd"}),
-        teachers={"kd_s2": (FP_REL,), "kd_both": (FP_REL,), "mixed_lcpaq_kd": (FP_REL,)},
+                              "lsq_stem8", "lsq_stem8_fc8", "mixed_lcpaq_kd", "mixed_lcpaq_kd_w05"}),
+        teachers={"kd_s2": (FP_REL,), "kd_both": (FP_REL,), "mixed_lcpaq_kd": (FP_REL,),
+                  "mixed_lcpaq_kd_w05": (W05_REL,)},
         comparisons=(("mixed_lcpaq", "mixed_random"), ("mixed_lcpaq", "mixed_hessian"),
                      ("mixed_hessian", "mixed_random"), ("mixed_lcpaq", "lsq_stem8"), ("mixed_hessian", "lsq_stem8"),
-                     ("lsq_stem8_fc8", "lsq_stem8"), ("mixed_lcpaq", "lsq_stem8_fc8"), ("mixed_lcpaq_kd", "mixed_lcpaq")),
+                     ("lsq_stem8_fc8", "lsq_stem8"), ("mixed_lcpaq", "lsq_stem8_fc8"), ("mixed_lcpaq_kd", "mixed_lcpaq"),
+                     ("mixed_lcpaq_kd_w05", "mixed_lcpaq"), ("mixed_lcpaq_kd_w05", "mixed_lcpaq_kd")),
     ),
     "w4a4": Setting(
         title="W4A4 (an easy setting)",
