@@ -84,8 +84,8 @@ SETTINGS: dict[str, Setting] = {
             "lsq_stem8_fc8": "uniform W3A3 with the stem's weights and the part FC's input at 8 bits (LCPAQ's two "
                              "8-bit choices alone), own stage 1",
             "mixed_lcpaq_kd": "mixed_lcpaq + GaitKD from the FP model (part KL T 4 + AB), both stages, own stage 1",
-            "mixed_lcpaq_kd_w05": "mixed_lcpaq + GaitKD from the width-0.5 GaitBase (78.4; part KL T 4 + AB, teacher "
-                                  "in bf16), both stages, own stage 1",
+            "mixed_lcpaq_kd_w05": "mixed_lcpaq + GaitKD from the width-0.5 GaitBase (78.4; part KL T 4 + AB), both "
+                                  "stages, own stage 1",
         },
         key_rows=("lsq", "mixed_lcpaq"),
         own_stage1=frozenset({"kd_both", "idd_both_w300", "mixed_lcpaq", "mixed_hessian", "mixed_random",
