@@ -154,3 +154,37 @@ def test_resuming_with_another_teacher_is_refused(small_config_file, teacher_run
     # the same teacher from its training checkpoint resumes
     run_distill(cfg2, [teacher_run / "last.pt"], out, progress=False, evaluate=False)
     assert [r["iteration"] for r in _log(out)] == [1, 2]
+
+
+def test_gaitset_teacher_distils_a_gaitbase_student(small_config_file, small_store, tmp_path):
+    """The study's `hetero` row in miniature: a GaitSet teacher (another architecture, 2 x 7 pyramid parts, no BNNeck
+    head, so no logits) gives AB only to a GaitBase student through part truncation; a logit term is refused."""
+    import yaml
+
+    from tests.conftest import REPO
+
+    cfg_file = tmp_path / "gaitset_tiny.yaml"
+    cfg_file.write_text(yaml.safe_dump({
+        "base": str(REPO / "configs" / "gaitset_casiab_cpu.yaml"), "name": "gaitset_tiny",
+        "data": {"store": str(small_store.path), "source": None, "p": 2, "k": 4, "train_frames": 4,
+                 "test_max_frames": 8, "prefetch": False},
+        "model": {"args": {"width": 0.25, "bins": [4, 2, 1], "embed_dim": 16}},
+        "train": {"iterations": 1, "log_every": 1, "save_every": 1, "eval_every": 0, "channels_last": False},
+    }))
+    run_train(load_config(cfg_file), tmp_path / "gaitset", progress=False, evaluate=False)
+    t = load_teacher(tmp_path / "gaitset" / "model.pt")
+    assert (t.parts, t.embed_dim, t.num_classes) == (14, 16, None)
+
+    out = tmp_path / "kd"
+    cfg = load_config(small_config_file, ["train.iterations=2",
+                                          "distill={part_align: truncate, kl: {weight: 0}, ab: {weight: 0.003}}"])
+    run_distill(cfg, [tmp_path / "gaitset" / "model.pt"], out, progress=False, evaluate=False)
+    log = _log(out)
+    assert len(log) == 2 and all("loss/kd_ab" in r and "loss/kd_kl" not in r for r in log)
+    assert all(r["loss/kd_ab"] >= 0 for r in log)
+    ck = load_checkpoint(out / "model.pt")
+    build_model(cfg.model.name, **cfg.model.args).load_state_dict(ck["state_dict"], strict=True)
+
+    with pytest.raises(ValueError, match="no BNNeck head"):  # the default config has the logit term on
+        run_distill(load_config(small_config_file, ["train.iterations=1"]), [tmp_path / "gaitset" / "model.pt"],
+                    tmp_path / "kl", progress=False, evaluate=False)
