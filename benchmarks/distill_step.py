@@ -12,6 +12,9 @@ The teacher is ``--teacher`` (default: the zoo's FP model, the teacher of the lo
   (``distill.teacher_amp: bf16``); the student stays float32. Also recorded: how far the bf16 teacher's outputs
   are from the float32 teacher's on the timed batches (embedding cosine, softened-target difference at T 4).
 
+Student and teachers are in the memory format training gives them: with ``train.channels_last`` (the CPU recipe)
+the FP student and the teachers are channels-last (``prepare_distillation``); a QAT student stays NCHW.
+
 The variants alternate step by step on the same batches, so machine noise hits them alike; the medians and the
 ratios to ``student`` are printed (goal: at most 1.3) and written to
 ``results/bench/distill_step_<date>_<cpu>_t<threads>[_<tag>].json``.
@@ -63,6 +66,8 @@ def main() -> int:
     split = split_subjects(store, cfg.data)
     batches = make_train_batches(cfg, store, split.train_subjects, ctx)
     student = load_fp_network(a.student, cfg, batches.num_classes)
+    if a.quant == "none" and cfg.train.channels_last:  # as `qgait distill` trains it (the QAT student stays NCHW)
+        student = student.to(memory_format=torch.channels_last)
     if a.quant != "none":
         bits = int(a.quant[1])
         quantize_(student.model, QuantConfig(weight_bits=bits, act_bits=bits))

@@ -247,13 +247,30 @@ def test_prepare_distillation_sets_the_teachers_precision_from_the_config():
     from qgait.config import DistillConfig
     from qgait.workflows.distill import prepare_distillation
 
-    class _Cfg:  # the two sections prepare_distillation reads
-        def __init__(self, amp):
+    class _Cfg:  # the sections prepare_distillation reads
+        def __init__(self, amp, channels_last=False):
             self.distill = DistillConfig(teacher_amp=amp)
             self.data = type("D", (), {"input_size": None})()
             self.loss = type("L", (), {"ce": None})()
+            self.train = type("T", (), {"channels_last": channels_last})()
 
     for amp, want in (("bf16", torch.bfloat16), ("none", None)):
         t = Teacher(_net())
         prepare_distillation(_Cfg(amp), [t], _student(), torch.device("cpu"))
         assert t.amp is want
+
+    # train.channels_last: the teachers' conv weights in channels-last format, the same outputs
+    x = _batch(5)[0]
+    ref = Teacher(_net())
+    for amp in ("bf16", "none"):
+        t = Teacher(_net())
+        prepare_distillation(_Cfg(amp, channels_last=True), [t], _student(), torch.device("cpu"))
+        convs = [m for m in t.net.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+        assert not all(m.weight.is_contiguous() for m in convs)
+        ref.amp = t.amp
+        for k, v in ref(x).items():
+            torch.testing.assert_close(t(x)[k], v, rtol=1e-2 if t.amp else 1e-5, atol=1e-2 if t.amp else 1e-5)
+    t = Teacher(_net())
+    prepare_distillation(_Cfg("none"), [t], _student(), torch.device("cpu"))
+    assert all(m.weight.is_contiguous() for m in t.net.modules() if isinstance(m, torch.nn.Conv2d))
