@@ -33,7 +33,7 @@ ROWS = list(STUDY.rows)
 TERMS = {
     "alone": set(), "gaitkd": {"kl", "ab"}, "kl": {"kl"}, "ab": {"ab"}, "feature_mse": {"feature_mse"},
     "global_kd": {"global_kd"}, "hetero": {"ab"}, "two_teachers": {"kl", "ab"}, "two_teachers_ensemble": {"kl", "ab"},
-    "feature_mse_w1": {"feature_mse"},
+    "feature_mse_w1": {"feature_mse"}, "gaitkd_int8": {"kl", "ab"},
 }
 
 
@@ -214,7 +214,13 @@ def test_feature_mse_row_pulls_like_ab():
 
 def test_every_distilled_row_runs_its_teachers_at_one_precision():
     """The teachers' forward precision (``distill.teacher_amp``) is part of the protocol: one value for every row
-    that distils (bf16: measured as 1.97x -> 1.44x a student step with the width-0.5 teacher, outputs within cosine
-    0.9999 of float32; results/bench/distill_step_*_teacher_w05.json)."""
-    amps = {row: _cfg(row).distill.teacher_amp for row in ROWS if row != STUDY.control}
+    that distils (bf16: measured as 2.19x -> 1.48x a student step with the width-0.5 teacher, outputs within cosine
+    0.9999 of float32; results/bench/distill_step_*_teacher_w05_cl.json), except ``gaitkd_int8``, which is
+    ``gaitkd`` with an int8 teacher and nothing else changed."""
+    amps = {row: _cfg(row).distill.teacher_amp for row in ROWS if row not in (STUDY.control, "gaitkd_int8")}
     assert set(amps.values()) == {"bf16"}, amps
+    int8, ref = _cfg("gaitkd_int8"), _cfg("gaitkd")
+    assert int8.distill.teacher_amp == "int8"
+    assert int8.distill.model_copy(update={"teacher_amp": "bf16"}) == ref.distill
+    assert int8.model_copy(update={"distill": None, "name": "x"}) == ref.model_copy(update={"distill": None, "name": "x"})
+    assert ("gaitkd_int8", "gaitkd") in STUDY.comparisons and STUDY.teachers["gaitkd_int8"] == STUDY.teachers["gaitkd"]

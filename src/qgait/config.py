@@ -222,9 +222,11 @@ class DistillConfig(_Strict):
                            "distributions (one KL) instead of summing one KL per teacher")
     part_align: Literal["pool", "truncate"] = Field(
         "pool", description="parts aligned to min(p_s, p_t) by average pooling or truncation")
-    teacher_amp: Literal["none", "bf16"] = Field(
-        "none", description="the teachers' forward pass under bf16 autocast (about 2x faster on a CPU with "
-                            "AVX-512 BF16 or AMX; outputs cast back to float32); none: float32")
+    teacher_amp: Literal["none", "bf16", "int8"] = Field(
+        "none", description="the teachers' forward precision: bf16 autocast (about 2x faster on a CPU with "
+                            "AVX-512 BF16 or AMX); int8: each teacher's backbone post-training quantized (PT2E, "
+                            "x86 inductor, calibrated on 2 fixed training batches) and compiled, its head float32 "
+                            "(CPU only; fast on CPUs with VNNI / AMX); outputs float32 either way; none: float32")
     kl: KLDistillConfig = KLDistillConfig()
     ab: ABDistillConfig = ABDistillConfig()
     global_kd: GlobalKDConfig = GlobalKDConfig()

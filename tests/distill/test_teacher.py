@@ -274,3 +274,48 @@ def test_prepare_distillation_sets_the_teachers_precision_from_the_config():
     t = Teacher(_net())
     prepare_distillation(_Cfg("none"), [t], _student(), torch.device("cpu"))
     assert all(m.weight.is_contiguous() for m in t.net.modules() if isinstance(m, torch.nn.Conv2d))
+
+    # int8 needs calibration batches and the CPU; refused before any teacher is touched
+    for device, calib in ((torch.device("cpu"), None), (torch.device("cuda"), lambda: [_batch()[0]])):
+        t = Teacher(_net())
+        with pytest.raises(ValueError, match="teacher_amp int8"):
+            prepare_distillation(_Cfg("int8"), [t], _student(), device, calib=calib)
+        assert not t.int8
+
+
+def test_int8_teacher_runs_the_backbone_in_int8_and_the_head_in_float():
+    """distill.teacher_amp int8 (Teacher.quantize_int8): PT2E int8 backbone (oneDNN kernels through inductor),
+    BNNeck head float32 on its embeddings; close to the float teacher; shared by renamed copies and MultiTeacher,
+    dropped by deepcopy; refused without calibration batches or off the CPU."""
+    torch.manual_seed(0)
+    net = GaitWithHead(GaitBase(width=0.25, bins=(4,), embed_dim=16), CLASSES)
+    g = torch.Generator().manual_seed(0)
+    calib = [(torch.rand(4, 3, 32, 22, generator=g) > 0.5).float() for _ in range(2)]
+    x = (torch.rand(4, 3, 32, 22, generator=g) > 0.5).float()
+    t, ref = Teacher(net), Teacher(copy.deepcopy(net))
+    with pytest.raises(ValueError, match="calibration batch"):
+        t.quantize_int8([])
+    assert not t.int8 and t.quantize_int8(calib) is t and t.int8
+    out, want = t(x), ref(x)
+    assert set(out) == set(want) == {"teacher_embeddings", "teacher_logits"}
+    assert all(v.dtype == torch.float32 and not v.requires_grad for v in out.values())
+    cos = torch.nn.functional.cosine_similarity(out["teacher_embeddings"].flatten(1),
+                                                want["teacher_embeddings"].flatten(1))
+    assert float(cos.min()) > 0.99 and not torch.equal(out["teacher_embeddings"], want["teacher_embeddings"])
+    # the logits are the float head on the int8 embeddings
+    torch.testing.assert_close(out["teacher_logits"], net.head(out["teacher_embeddings"])[1])
+    # the network's own weights are untouched: its float forward is the reference's
+    torch.testing.assert_close(t.net(x)["embeddings"], want["teacher_embeddings"])
+
+    multi = MultiTeacher([t, ref])
+    assert [m.int8 for m in multi.teachers] == [True, False] and copy.copy(t).int8
+    torch.testing.assert_close(multi(x)["teacher0_embeddings"], out["teacher_embeddings"])
+    assert not copy.deepcopy(t).int8
+
+    class _OnMeta(torch.nn.Module):  # a network whose weights are not on the CPU
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1, device="meta"))
+
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        Teacher(_OnMeta()).quantize_int8(calib)

@@ -188,3 +188,31 @@ def test_gaitset_teacher_distils_a_gaitbase_student(small_config_file, small_sto
     with pytest.raises(ValueError, match="no BNNeck head"):  # the default config has the logit term on
         run_distill(load_config(small_config_file, ["train.iterations=1"]), [tmp_path / "gaitset" / "model.pt"],
                     tmp_path / "kl", progress=False, evaluate=False)
+
+
+def test_int8_teacher_distils_on_fixed_calibration_batches(small_config_file, teacher_run, tmp_path):
+    """distill.teacher_amp int8 through `qgait distill`: the teacher is calibrated on the run's fixed calibration
+    batches (the same on a resume) and the run logs the KD terms as with a float teacher."""
+    from qgait.workflows import distill as distill_mod
+
+    seen = []
+    real = distill_mod.teacher_calibration
+
+    def spy(batches, n=2):
+        out = real(batches, n)
+        seen.append(out)
+        return out
+
+    cfg = load_config(small_config_file, ["train.iterations=2", "train.save_every=1", "distill={teacher_amp: int8}"])
+    mp = pytest.MonkeyPatch()
+    mp.setattr(distill_mod, "teacher_calibration", spy)
+    try:
+        run_distill(cfg, [teacher_run / "model.pt"], tmp_path / "kd", progress=False, evaluate=False)
+        cfg3 = load_config(small_config_file, ["train.iterations=3", "distill={teacher_amp: int8}"])
+        run_distill(cfg3, [teacher_run / "model.pt"], tmp_path / "kd", progress=False, evaluate=False)
+    finally:
+        mp.undo()
+    log = _log(tmp_path / "kd")
+    assert [r["iteration"] for r in log] == [1, 2, 3]
+    assert all({"loss/kd_kl", "loss/kd_ab"} <= set(r) and r["loss/kd_kl"] >= 0 for r in log)
+    assert len(seen) == 2 and all(torch.equal(a, b) for a, b in zip(*seen))

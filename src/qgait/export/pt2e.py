@@ -24,6 +24,8 @@ int8 weights, the form ``torchao.quantization.pt2e.convert_pt2e`` produces):
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -37,6 +39,22 @@ from .onnx_export import _example, _qdq_deploy, is_quantized_model
 __all__ = [
     "pt2e_from_quantized", "pt2e_from_fp", "compile_inductor", "compile_int8", "lowered_ops", "save_pt2", "load_pt2",
 ]
+
+
+@contextlib.contextmanager
+def _quiet_import():
+    """Importing torchao logs a warning per optional CUDA kernel library it cannot load on a CPU machine
+    ("Failed to load .../_C_cutlass_90a.abi3.so") and torch a deprecation notice about its enums; neither says
+    anything to a user of the CPU int8 path, so both loggers are held at ERROR while it imports."""
+    loggers = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _dynamic() -> tuple[dict, ...]:
@@ -69,11 +87,12 @@ def pt2e_from_fp(model: nn.Module, input_size: Sequence[int], calib: Iterable[An
     Returns:
         the converted ``GraphModule``.
     """
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-        X86InductorQuantizer,
-        get_default_x86_inductor_quantization_config,
-    )
+    with _quiet_import():
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+            X86InductorQuantizer,
+            get_default_x86_inductor_quantization_config,
+        )
 
     if is_quantized_model(model):
         raise ValueError("model is already quantized: use pt2e_from_quantized (learned steps)")

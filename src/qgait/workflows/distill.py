@@ -18,7 +18,8 @@ the student's inference model and head only. Part counts are aligned by the term
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -34,6 +35,7 @@ from .resume import check_teachers, record_teachers
 from .train import train_model
 
 __all__ = ["DistillNetwork", "KD_TERMS", "build_distill_terms", "check_teacher", "combine_outputs",
+           "teacher_calibration",
            "load_teacher", "load_teachers", "prepare_distillation", "run_distill"]
 
 KD_TERMS = ("kd_kl", "kd_global", "kd_ab", "kd_mse")  # LossSum names: logged as loss/<name>
@@ -222,9 +224,17 @@ def combine_outputs(*fns):
     return merged
 
 
-def prepare_distillation(cfg: ExperimentConfig, teachers: Sequence[Teacher], net: GaitWithHead, device):
+def teacher_calibration(batches, n: int = 2) -> list[torch.Tensor]:
+    """The int8 teachers' calibration batches: ``n`` training batches at fixed indices past any training iteration
+    (``batches.get(10**6 + i)``), the same on every start and resume of a run; ``[[n_b, T, h, w], ...]``."""
+    return [batches.get(10**6 + i)[0] for i in range(n)]
+
+
+def prepare_distillation(cfg: ExperimentConfig, teachers: Sequence[Teacher], net: GaitWithHead, device,
+                         calib: Callable[[], Sequence[torch.Tensor]] | None = None):
     """Check ``teachers`` against the student ``net`` and build what a distillation run adds; sets each teacher's
-    forward precision from ``distill.teacher_amp`` (:attr:`qgait.distill.Teacher.amp`) and, with
+    forward precision from ``distill.teacher_amp`` (:attr:`qgait.distill.Teacher.amp`; ``int8``:
+    :meth:`qgait.distill.Teacher.quantize_int8` on the batches ``calib()`` returns) and, with
     ``train.channels_last`` (as the student), puts the teachers' weights in channels-last memory format: the same
     outputs (bit-identical in bf16, within 4e-6 in float32 on CASIA-B batches) from 1.4-2x faster CPU convolutions
     (docs/distillation.md, "Teacher precision").
@@ -234,9 +244,15 @@ def prepare_distillation(cfg: ExperimentConfig, teachers: Sequence[Teacher], net
         LossSum entries (:func:`build_distill_terms`) and the teachers' ``extra_outputs`` (on ``device``).
 
     Raises:
-        ValueError: a teacher that :func:`check_teacher` refuses; all weights 0.
+        ValueError: a teacher that :func:`check_teacher` refuses; all weights 0; ``teacher_amp: int8`` without
+            ``calib`` or on a device other than the CPU.
     """
     d = cfg.distill or DistillConfig()
+    if d.teacher_amp == "int8" and (calib is None or torch.device(device).type != "cpu"):
+        raise ValueError("distill.teacher_amp int8 runs the teachers on the CPU's int8 kernels and needs "
+                         f"calibration batches; this run is on {torch.device(device).type}"
+                         + ("" if calib is not None else " without calibration batches")
+                         + ": use teacher_amp bf16 or none")
     for t in teachers:
         check_teacher(t, net, getattr(t, "path", t.prefix), input_size=cfg.data.input_size,
                       needs_logits=_uses_logits(d))
@@ -256,10 +272,16 @@ def prepare_distillation(cfg: ExperimentConfig, teachers: Sequence[Teacher], net
     train_net = DistillNetwork(net, prefixes, connectors).to(device)
     scale = cfg.loss.ce.scale if cfg.loss.ce is not None else 16.0
     terms = build_distill_terms(d, prefixes, scale)
+    for t in teachers:
+        t.to(device)
+        if cfg.train.channels_last:
+            t.to(memory_format=torch.channels_last)
+    if d.teacher_amp == "int8":
+        batches = list(calib())
+        for t in teachers:
+            t.quantize_int8(batches)
+        log(f"teachers' backbones in int8 (PT2E, calibrated on {len(batches)} training batches)")
     fn = teachers[0] if len(teachers) == 1 else MultiTeacher(list(teachers))
-    fn.to(device)
-    if cfg.train.channels_last:
-        fn.to(memory_format=torch.channels_last)
     return train_net, terms, fn
 
 
@@ -289,10 +311,11 @@ def run_distill(cfg: ExperimentConfig, teacher_paths: Sequence[str | Path], out_
     names = [str(p) for p in teacher_paths]
     teacher_record = check_teachers(out_dir, teachers, teacher_paths, resume)  # the run's teachers, or refused
 
-    def setup(net, loss_fn, num_classes, ctx):  # noqa: ARG001
+    def setup(net, loss_fn, batches, ctx):
         if ctx.is_main:
             record_teachers(out_dir, teacher_record)
-        train_net, terms, fn = prepare_distillation(cfg, teachers, net, ctx.device)
+        train_net, terms, fn = prepare_distillation(cfg, teachers, net, ctx.device,
+                                                    calib=functools.partial(teacher_calibration, batches))
         from ..losses import LossSum
 
         all_terms = {k: (m, loss_fn.weights[k]) for k, m in loss_fn.terms.items()}

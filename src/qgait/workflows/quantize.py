@@ -14,6 +14,7 @@ Run folder: ``calib_last.pt`` / ``stage1_last.pt`` / ``stage2_last.pt`` (trainin
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import shutil
 import time
@@ -39,7 +40,7 @@ from ..models import GaitWithHead
 from ..quant import alpha_at, calibrate_, quant_summary, quantize_, set_alpha_, set_rounding_, step_parameters
 from ..quant.bn_stats import reestimate_bn_stats
 from .common import build_losses, build_network, evaluate_with_stats, log, prepare_run
-from .distill import KD_TERMS, combine_outputs, load_teachers, prepare_distillation
+from .distill import KD_TERMS, combine_outputs, load_teachers, prepare_distillation, teacher_calibration
 from .resume import check_resume, check_teachers, record_teachers
 from .train import make_train_batches
 
@@ -164,7 +165,8 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
             del calib
         train_net, kd_terms, kd_fn = net, {}, None
         if kd_teachers:
-            train_net, kd_terms, kd_fn = prepare_distillation(cfg, kd_teachers, net, ctx.device)
+            train_net, kd_terms, kd_fn = prepare_distillation(cfg, kd_teachers, net, ctx.device,
+                                                              calib=functools.partial(teacher_calibration, batches))
         summary: dict = {
             "name": cfg.name, "fp_checkpoint": str(fp_checkpoint), "stages": {}, "seconds": {},
             **({"teachers": [str(t) for t in teachers]} if kd_teachers else {}),

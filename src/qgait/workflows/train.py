@@ -66,8 +66,9 @@ def train_model(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = True,
     """:func:`run_train`'s loop with a hook for variants (distillation, :mod:`qgait.workflows.distill`).
 
     Args:
-        setup: ``(net, loss_fn, num_classes, ctx) -> (train_net, loss_fn, extra_outputs)``, called once the
-            student and its losses are built (on the device) and before the optimizer: ``train_net`` is what the
+        setup: ``(net, loss_fn, batches, ctx) -> (train_net, loss_fn, extra_outputs)``, called once the
+            student and its losses are built (on the device) and before the optimizer (``batches``: the run's
+            :class:`qgait.data.loader.TrainBatches`, ``batches.num_classes`` its classes): ``train_net`` is what the
             trainer optimises and checkpoints (it must expose the student's ``.model`` and ``.head``, which alone
             are saved in ``model.pt``); ``extra_outputs`` is the trainer's (e.g. a frozen teacher).
         tag: the trainer's tag (log ``stage``, TensorBoard prefix).
@@ -85,7 +86,7 @@ def train_model(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = True,
         loss_fn = build_losses(cfg.loss, net.head is not None)
         extra_outputs = None
         if setup is not None:
-            net, loss_fn, extra_outputs = setup(net, loss_fn, batches.num_classes, ctx)
+            net, loss_fn, extra_outputs = setup(net, loss_fn, batches, ctx)
         opt = build_optimizer(net.parameters(), cfg.optim)
         o = cfg.optim
         trainer = Trainer(
