@@ -89,9 +89,9 @@ class Teacher:
         inductor to oneDNN int8 convolutions (:func:`qgait.export.pt2e.compile_inductor`). The BNNeck head (the
         logits) runs in float32 on the int8 backbone's embeddings. The network's own weights are unchanged.
 
-        Each new input shape compiles again (seconds; training batches have one shape). Measured on the width-0.5
-        CPU teacher: 3.5x faster than its bf16 forward, embedding cosine >= 0.9998 to float32
-        (docs/distillation.md, "Teacher precision").
+        Each new input shape compiles again (seconds; training batches have one shape). Measured on the GaitBase
+        CPU teachers (``benchmarks/teacher_forward.py``): 4.1x faster than their bf16 channels-last forward,
+        embedding cosine >= 0.9997 to float32; not faster for GaitSet (docs/distillation.md, "Teacher precision").
 
         Args:
             calib: calibration batches ``[n, T, h, w]`` (float silhouettes in [0, 1]; 2 training batches suffice).

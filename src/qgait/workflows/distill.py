@@ -236,8 +236,8 @@ def prepare_distillation(cfg: ExperimentConfig, teachers: Sequence[Teacher], net
     forward precision from ``distill.teacher_amp`` (:attr:`qgait.distill.Teacher.amp`; ``int8``:
     :meth:`qgait.distill.Teacher.quantize_int8` on the batches ``calib()`` returns) and, with
     ``train.channels_last`` (as the student), puts the teachers' weights in channels-last memory format: the same
-    outputs (bit-identical in bf16, within 4e-6 in float32 on CASIA-B batches) from 1.4-2x faster CPU convolutions
-    (docs/distillation.md, "Teacher precision").
+    outputs (bit-identical in bf16, within 1.1e-6 in float32) from a 1.2-1.8x faster forward on this CPU
+    (``benchmarks/teacher_forward.py``; docs/distillation.md, "Teacher precision").
 
     Returns:
         ``(train_net, terms, teacher_fn)``: the :class:`DistillNetwork` (with connectors, on ``device``), the
