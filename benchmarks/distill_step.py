@@ -74,7 +74,7 @@ def main() -> int:
     if a.quant != "none":
         bits = int(a.quant[1])
         quantize_(student.model, QuantConfig(weight_bits=bits, act_bits=bits))
-        calibrate_(student.model, [batches.get(10**6 + i)[0] for i in range(2)])
+        calibrate_(student.model, [x for x, _ in batches.held_out(2)])
     kd_student, kd16_student, kd8_student = (copy.deepcopy(student) for _ in range(3))
     task = build_losses(cfg.loss, student.head is not None)
     train_net, kd_terms, teacher_fn = prepare_distillation(cfg, load_teachers([a.teacher]), kd_student, ctx.device)

@@ -124,7 +124,7 @@ def main() -> None:
     tb = TrainBatches(store, store.select(subjects=split.train_subjects), p=a.p, k=a.k,
                       frames=cfg.data.train_frames, size=size, augment=None, seed=a.seed)
     device = torch.device(a.device)
-    batches = [tuple(t.to(device) for t in tb.get(10**6 + i)) for i in range(a.batches)]
+    batches = [tuple(t.to(device) for t in b) for b in tb.held_out(a.batches)]
     if a.untrained:
         torch.manual_seed(a.seed)
         net = build_network(cfg, tb.num_classes).eval()

@@ -93,7 +93,7 @@ def main() -> int:
     split = split_subjects(store, cfg.data)
     tb = TrainBatches(store, store.select(subjects=split.train_subjects), p=cfg.data.p, k=cfg.data.k,
                       frames=cfg.data.train_frames, size=tuple(cfg.data.input_size), augment=None, seed=0)
-    batches = [(*tb.get(10**6 + i), tb.num_classes) for i in range(a.batches)]
+    batches = [(*b, tb.num_classes) for b in tb.held_out(a.batches)]
     teachers = load_teachers([a.teacher])
     ck = load_checkpoint(a.student)
     trained = {"model": ck["state_dict"], "head": ck.get("head_state_dict")}

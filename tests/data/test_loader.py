@@ -82,6 +82,24 @@ def test_deterministic_and_resumable(tagged_store):
     assert next(stream)[0] == 0
 
 
+def test_held_out_batches_are_fixed_and_apart_from_training(tagged_store):
+    idx = list(range(len(tagged_store)))
+    tb = TrainBatches(tagged_store, idx, 2, 2, 4, seed=3)
+    calib = tb.held_out(3)
+    assert len(calib) == 3 and all(x.shape == (4, 4, 64, 44) for x, _ in calib)
+    for i, (x, y) in enumerate(calib):  # the same batches as the fixed indices, on any start of a run
+        xg, yg = tb.get(10**6 + i)
+        assert torch.equal(x, xg) and torch.equal(y, yg)
+    assert torch.equal(TrainBatches(tagged_store, idx, 2, 2, 4, seed=3).held_out(1)[0][0], calib[0][0])
+    bn = tb.held_out(2, tb.BN_STREAM)
+    assert torch.equal(bn[1][0], tb.get(2 * 10**6 + 1)[0]) and not torch.equal(bn[0][0], calib[0][0])
+    assert tb.held_out(0) == []
+    with pytest.raises(ValueError, match="n must be"):
+        tb.held_out(-1)
+    with pytest.raises(ValueError, match="stream must be"):
+        tb.held_out(1, stream=0)
+
+
 def test_ranks_split_the_global_batch(tagged_store):
     idx = list(range(len(tagged_store)))
     full = TrainBatches(tagged_store, idx, 4, 2, 5, seed=2)

@@ -94,6 +94,29 @@ class TrainBatches:
         local = shard(self.sampler.batch(iteration), self.rank, self.world_size)
         return self.indices[local]
 
+    CALIBRATION_STREAM = 1
+    """``held_out`` stream of the calibration batches (quantizer step sizes, int8 teachers, Hessian traces)."""
+    BN_STREAM = 2
+    """``held_out`` stream of the batch-norm re-estimation batches after QAT."""
+
+    def held_out(self, n: int, stream: int = CALIBRATION_STREAM) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``n`` batches drawn past any training iteration: ``get(stream * 10**6 + i)`` for ``i < n``.
+
+        They are the same on every start and resume of a run (a batch is a pure function of its index), and a
+        schedule would need a million iterations to train on one of them. ``stream`` keeps independent uses apart (:attr:`CALIBRATION_STREAM`, :attr:`BN_STREAM`).
+
+        Returns:
+            ``[(x, y), ...]`` of length ``n``, each as :meth:`get` returns it.
+
+        Raises:
+            ValueError: negative ``n`` or a ``stream`` below 1.
+        """
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"TrainBatches.held_out: n must be a non-negative integer, got {n!r}")
+        if isinstance(stream, bool) or not isinstance(stream, (int, np.integer)) or stream < 1:
+            raise ValueError(f"TrainBatches.held_out: stream must be a positive integer, got {stream!r}")
+        return [self._build(stream * 10**6 + i) for i in range(int(n))]
+
     def get(self, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's batch at ``iteration``.
 

@@ -226,8 +226,9 @@ def combine_outputs(*fns):
 
 def teacher_calibration(batches, n: int = 2) -> list[torch.Tensor]:
     """The int8 teachers' calibration batches: ``n`` training batches at fixed indices past any training iteration
-    (``batches.get(10**6 + i)``), the same on every start and resume of a run; ``[[n_b, T, h, w], ...]``."""
-    return [batches.get(10**6 + i)[0] for i in range(n)]
+    (:meth:`~qgait.data.loader.TrainBatches.held_out`), the same on every start and resume of a run;
+    ``[[n_b, T, h, w], ...]``."""
+    return [x for x, _ in batches.held_out(n)]
 
 
 def prepare_distillation(cfg: ExperimentConfig, teachers: Sequence[Teacher], net: GaitWithHead, device,

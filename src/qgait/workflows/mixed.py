@@ -330,7 +330,7 @@ def run_mixed_precision(config: str | Path, fp_checkpoint: str | Path, budget: s
         raise ValueError(f"--p must be at least 2 (the triplet loss needs two subjects), got {p}")
     tb = TrainBatches(store, store.select(subjects=split.train_subjects), p=p, k=k, frames=cfg.data.train_frames,
                       size=size, augment=None, seed=seed)
-    hess_batches = [tb.get(10**6 + i) for i in range(batches)]
+    hess_batches = tb.held_out(batches)
     net = load_fp_network(fp_checkpoint, cfg, tb.num_classes).eval()
     losses = build_losses(cfg.loss, net.head is not None)
 

@@ -160,7 +160,7 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
         teacher = FrozenTeacher(copy.deepcopy(net.model))
         if not q.fp_reference:  # the FP reference trains the same stages without quantizers
             quantize_(net.model, q.config)
-            calib = [batches.get(10**6 + i)[0].to(ctx.device) for i in range(q.calibration_batches)]
+            calib = [x.to(ctx.device) for x, _ in batches.held_out(q.calibration_batches)]
             calibrate_(net.model, calib)
             del calib
         train_net, kd_terms, kd_fn = net, {}, None
@@ -243,8 +243,8 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
             run_stage(idx, st, cfg, train_net, trainer, summary, kd_terms)
             intermediate = idx == 1 and q.stage2.iterations
             if not intermediate and q.bn_reestimate_batches:  # deterministic batches: a resumed run gets the same
-                n = reestimate_bn_stats(net.model, (batches.get(2 * 10**6 + i)[0].to(ctx.device)
-                                                    for i in range(q.bn_reestimate_batches)))
+                n = reestimate_bn_stats(net.model, (x.to(ctx.device) for x, _ in
+                                                    batches.held_out(q.bn_reestimate_batches, batches.BN_STREAM)))
                 summary["bn_reestimated_batches"] = n
                 log(f"stage {idx}: batch-norm statistics re-estimated on {n} training batches")
             if ctx.is_main:
