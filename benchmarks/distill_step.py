@@ -16,7 +16,8 @@ The teacher is ``--teacher`` (default: the zoo's FP model, the teacher of the lo
   the same fidelity figures.
 
 Student and teachers are in the memory format training gives them: with ``train.channels_last`` (the CPU recipe)
-the FP student and the teachers are channels-last (``prepare_distillation``); a QAT student stays NCHW.
+the student (FP or QAT: ``quant.channels_last`` unset follows it) and the teachers (``prepare_distillation``) are
+channels-last.
 
 The variants alternate step by step on the same batches, so machine noise hits them alike; the medians and the
 ratios to ``student`` are printed (goal: at most 1.3) and written to
@@ -69,7 +70,7 @@ def main() -> int:
     split = split_subjects(store, cfg.data)
     batches = make_train_batches(cfg, store, split.train_subjects, ctx)
     student = load_fp_network(a.student, cfg, batches.num_classes)
-    if a.quant == "none" and cfg.train.channels_last:  # as `qgait distill` trains it (the QAT student stays NCHW)
+    if cfg.train.channels_last:  # as `qgait distill` and `qgait quantize` train it
         student = student.to(memory_format=torch.channels_last)
     if a.quant != "none":
         bits = int(a.quant[1])

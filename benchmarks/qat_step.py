@@ -6,8 +6,11 @@ hits them alike, and prints the median ratio to the FP step. The fake quantizers
 ``torch.compile`` kernels unless ``QGAIT_COMPILE_QUANT=0`` (compiled during the warm-up round, not timed);
 ``--eager`` adds the same quantized variants with the kernels off ("(eager)"), side by side in the same run.
 For the IDC variant the frozen teacher's forward is also reported on its own (``teacher_forward_s``).
+``--channels-last`` adds the FP and LSQ + STE networks in channels-last memory format ("(channels-last)"; the FP
+recipe trains so with ``train.channels_last``, and `qgait quantize` follows it), with the largest difference of their
+embeddings from the NCHW networks' on the timed batch.
 
-    python benchmarks/qat_step.py [configs/qgait_w4a4_cpu.yaml] [--steps 10] [--eager]
+    python benchmarks/qat_step.py [configs/qgait_w4a4_cpu.yaml] [--steps 10] [--eager] [--channels-last]
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ def main() -> None:
     ap.add_argument("config", nargs="?", type=Path, default=REPO / "configs" / "qgait_w4a4_cpu.yaml")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--eager", action="store_true", help="also time the quantized variants without fused kernels")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="also time FP and LSQ + STE with channels-last weights and activations")
     a = ap.parse_args()
     cfg = load_config(a.config)
     store = open_or_build_store(cfg.data, progress=False)
@@ -62,6 +67,14 @@ def main() -> None:
     fused = compiled_kernels_enabled()
     if a.eager and fused:  # the same networks, stepped by their own optimizers
         variants.update({f"{k} (eager)": variants[k] for k in list(variants) if k != "FP"})
+    layout_diff = {}
+    if a.channels_last:  # copies before any step: the same weights in the other memory format
+        for k in ("FP", "LSQ+STE"):
+            net_cl = copy.deepcopy(variants[k][0]).to(memory_format=torch.channels_last)
+            with torch.no_grad():
+                e0, e1 = variants[k][0].eval()(x)["embeddings"], net_cl.eval()(x)["embeddings"]
+            layout_diff[k] = float((e0 - e1).abs().max() / e0.abs().max())
+            variants[f"{k} (channels-last)"] = (net_cl, base, None)
     opts = {k: torch.optim.SGD(v[0].parameters(), lr=1e-4, momentum=0.9) for k, v in variants.items()}
     times: dict[str, list[float]] = {k: [] for k in variants}
     teacher_times: list[float] = []
@@ -89,6 +102,8 @@ def main() -> None:
            for k, v in times.items()}
     res["teacher_forward_s"] = round(statistics.median(teacher_times), 3)
     res["fused_kernels"] = fused
+    if layout_diff:
+        res["channels_last_max_rel_embedding_diff"] = layout_diff
     res["bits"] = f"W{cfg.quant.config.weight_bits}A{cfg.quant.config.act_bits}"
     res["threads"] = torch.get_num_threads()
     print(json.dumps(res, indent=2))

@@ -165,6 +165,11 @@ class QuantExperimentConfig(_Strict):
     bn_reestimate_batches: int = Field(
         0, ge=0, description="after the last QAT stage, re-estimate the batch-norm statistics on this many training "
         "batches with the final quantized weights (qgait.quant.bn_stats) before model.pt is saved; 0: off")
+    channels_last: bool | None = Field(
+        None, description="train the QAT network (and IDC / IDD's frozen FP copy) in channels-last memory format; "
+        "None: as train.channels_last. On the CPU recipe it makes the W4A4 LSQ step 1.25x faster "
+        "(results/bench/qat_step_2026-12-05_intel-xeon-processor_t2.json); the values differ from NCHW's only by "
+        "float rounding, which moves a few activations across a rounding threshold")
     fp_reference: bool = Field(
         False, description="train the stages without quantizing (no quantizers, no calibration): the FP model "
         "fine-tuned with exactly this schedule, batches and losses, the reference a QAT row's gap to FP is measured "

@@ -201,6 +201,41 @@ def test_module_training_step_fused_equals_eager():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+@pytest.mark.parametrize("per_channel,ch_axis", [(False, None), (True, 0), (True, 1)])
+@pytest.mark.parametrize("dims", [4, 5])
+def test_fused_channels_last_keeps_memory_format(rounding, per_channel, ch_axis, dims):
+    """A channels-last input is flattened as a view in its memory order (no copy into NCHW), gives the reference's
+    values, and its output and input gradient stay channels-last, so the next convolution stays channels-last."""
+    shape = (6, 5, 7, 4) if dims == 4 else (3, 5, 4, 3, 4)
+    fmt = torch.channels_last if dims == 4 else torch.channels_last_3d
+    x, step, q_n, q_p, g, ax, gout = make_case(7, 4, True, per_channel, shape, ch_axis or 0, 1.0)
+    ax = ch_axis
+    ref = reference(x, step, q_n, q_p, g, ax, rounding, 5.0, gout)
+    x_cl = x.to(memory_format=fmt)
+    assert not x_cl.is_contiguous() and fq._memory_order(x_cl) is not None and fq._memory_order(x) is None
+    xf, _ = fq._flat_layout(x_cl, step, ax, fq._memory_order(x_cl))
+    assert xf.data_ptr() == x_cl.data_ptr()  # a view, not a copy
+    with kernels(True):
+        xx, ss = x_cl.detach().clone().requires_grad_(), step.detach().clone().requires_grad_()
+        assert xx.is_contiguous(memory_format=fmt)
+        y = lsq_fake_quantize(xx, ss, q_n, q_p, g, ax, rounding, 5.0)
+        y.backward(gout)
+        assert qz.compiled_kernels_enabled()
+    assert y.is_contiguous(memory_format=fmt) and xx.grad.is_contiguous(memory_format=fmt)
+    check_close((y.detach(), xx.grad, ss.grad), ref, rounding)
+
+
+def test_nchw_tensors_keep_the_original_flattening():
+    """Contiguous (NCHW) tensors, and strided ones that are not channels-last, flatten exactly as before (logical
+    order), so runs that train in NCHW are unchanged."""
+    x = torch.randn(4, 3, 5, 6)
+    assert fq._memory_order(x) is None
+    assert fq._memory_order(x.transpose(2, 3)) is None  # strided, not channels-last
+    assert fq._memory_order(torch.randn(4, 3, 1, 1).to(memory_format=torch.channels_last)) is None  # both formats
+    assert fq._memory_order(torch.randn(3, 4, 5).transpose(1, 2)) is None  # 3-D
+
+
 # ------------------------------------------------------------------------------------------------ fallback
 def test_fallback_when_compile_fails():
     x, step, q_n, q_p, g, ax, gout = make_case(1, 4, False, False, (6, 5, 4), 0, 1.0)

@@ -122,6 +122,44 @@ def test_bn_reestimation_after_the_last_stage(small_config_file, fp_run, tmp_pat
     assert all(torch.equal(again[k], first[k]) for k in keys)
 
 
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
+def test_qat_memory_format_follows_train_channels_last(small_config_file, fp_run, tmp_path, layout):
+    """With train.channels_last (and quant.channels_last unset) the QAT student trains channels-last: the fused
+    fake quantizers see channels-last activations and keep them so (no copy into NCHW order), and model.pt holds
+    channels-last conv weights. quant.channels_last=false (the studies' pin) keeps NCHW, where no tensor takes the
+    channels-last path, so NCHW runs are computed exactly as before."""
+    import qgait.quant.fake_quant as fq
+
+    extra = ["train.channels_last=true"] + (["quant.channels_last=false"] if layout == "nchw" else [])
+    cfg = load_config(small_config_file, quant_overrides(stage1=2, stage2=0) + extra + [
+        "quant.idc=null", "quant.evaluate_stage1=false", "quant.plot=false"])
+    orders = []
+    real = fq._memory_order
+
+    def spy(x):
+        orders.append(real(x))
+        return orders[-1]
+
+    old_min = fq.COMPILE_MIN_NUMEL
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fq, "_memory_order", spy)
+        fq.COMPILE_MIN_NUMEL = 0  # the small config's activations are below the default size threshold
+        try:
+            run_quantize(cfg, fp_run / "last.pt", tmp_path / layout, progress=False, fp_results={"mean": 0.0})
+        finally:
+            fq.COMPILE_MIN_NUMEL = old_min
+    assert orders, "the fused kernels were not used"
+    convs = [v for k, v in load_checkpoint(tmp_path / layout / "model.pt")["state_dict"].items()
+             if k.endswith("weight") and v.dim() == 4 and v.shape[2] > 1]
+    assert convs
+    if layout == "channels_last":
+        assert any(o is not None for o in orders)
+        assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    else:
+        assert all(o is None for o in orders)
+        assert all(w.is_contiguous() for w in convs)
+
+
 def test_fp_reference_trains_the_stages_without_quantizers(small_config_file, fp_run, tmp_path):
     """quant.fp_reference: the same stages, batches and losses, no quantizer anywhere; model.pt is an FP model
     that differs from the start (it trained) and loads as one; the summary says what it is."""

@@ -34,7 +34,8 @@ compilation is unavailable or fails (one warning, then eager for the rest of the
 Disable with the environment variable ``QGAIT_COMPILE_QUANT=0`` or :func:`set_compiled_kernels`. The first use
 of each kernel compiles it (seconds to a minute on a busy CPU; inductor caches it on disk for later processes);
 shapes are dynamic (inputs are flattened to ``[N]`` per tensor and ``[pre, C, post]`` per channel), so a new
-batch or layer size does not recompile.
+batch or layer size does not recompile. A channels-last input is flattened in its memory order (a view, not a copy)
+and its output and gradient stay channels-last, so the convolutions after a quantizer keep the format.
 """
 
 from __future__ import annotations
@@ -203,14 +204,41 @@ def _use_kernels(x: Tensor, step: Tensor) -> bool:
     return not torch.onnx.is_in_onnx_export()
 
 
-def _flat_layout(x: Tensor, s: Tensor, ch_axis: int | None) -> tuple[Tensor, Tensor]:
+def _memory_order(x: Tensor) -> tuple[int, ...] | None:
+    """The dimension order of a channels-last ``x`` (4-D ``(0, 2, 3, 1)``, 5-D ``(0, 2, 3, 4, 1)``), in which
+    ``x.permute(order)`` is a contiguous view; ``None`` for any other tensor (contiguous ones included)."""
+    if x.is_contiguous():
+        return None
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return (0, 2, 3, 1)
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return (0, 2, 3, 4, 1)
+    return None
+
+
+def _flat_layout(x: Tensor, s: Tensor, ch_axis: int | None,
+                 order: tuple[int, ...] | None = None) -> tuple[Tensor, Tensor]:
     """``x`` as ``[pre, C, post]`` and the step as ``[C, 1]``; per tensor ``C = 1`` (``[1, 1, N]``, ``[1, 1]``).
 
-    One rank for both layouts, so that each kernel compiles once (dynamo guards on tensor ranks)."""
+    One rank for both layouts, so that each kernel compiles once (dynamo guards on tensor ranks). With ``order``
+    (:func:`_memory_order`) ``x`` is first permuted into its memory order, so a channels-last tensor is flattened
+    as a view instead of copied into NCHW order (``ch_axis``, in ``x``'s own dimensions, stays the channel axis)."""
+    if order is not None:
+        if ch_axis is not None:
+            ch_axis = order.index(ch_axis)
+        x = x.permute(order)
     if ch_axis is None:
         return x.reshape(1, 1, -1), s.reshape(1, 1)
     c = x.shape[ch_axis]
     return x.reshape(math.prod(x.shape[:ch_axis]), c, -1), s.reshape(c, 1)
+
+
+def _unflatten(out: Tensor, x: Tensor, order: tuple[int, ...] | None) -> Tensor:
+    """A kernel's flat output back in ``x``'s shape and memory format (the inverse of :func:`_flat_layout`)."""
+    if order is None:
+        return out.view(x.shape)
+    inverse = tuple(order.index(i) for i in range(len(order)))
+    return out.view(x.permute(order).shape).permute(inverse)
 
 
 def _grid_tensors(q_n: int, q_p: int, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -235,16 +263,19 @@ def _run_kernel(name: str, *args: Tensor | float):
 
 def _fused_forward(x: Tensor, s: Tensor, a: Tensor, q_n: int, q_p: int, ch_axis: int | None, mode: int):
     """Forward through the compiled kernel, or ``None`` when it failed."""
-    xf, sf = _flat_layout(x, s, ch_axis)
+    order = _memory_order(x)
+    xf, sf = _flat_layout(x, s, ch_axis, order)
     out = _run_kernel("fwd2" if _soft_fwd(mode) else "fwd0", xf, sf, a, *_grid_tensors(q_n, q_p, x))
-    return None if out is None else out.view(x.shape)
+    return None if out is None else _unflatten(out, x, order)
 
 
 def _fused_grads(x: Tensor, s: Tensor, a: Tensor, g: Tensor, q_n: int, q_p: int, ch_axis: int | None, mode: int):
     """``(dL/dx, dL/ds before grad_scale)`` through the compiled kernel, or ``None`` when it failed."""
-    xf, sf = _flat_layout(x, s, ch_axis)
-    out = _run_kernel(f"bwd{mode}", xf, sf, a, g.reshape(xf.shape), *_grid_tensors(q_n, q_p, x))
-    return None if out is None else (out[0].view(x.shape), out[1])
+    order = _memory_order(x)
+    xf, sf = _flat_layout(x, s, ch_axis, order)
+    gf = (g if order is None else g.permute(order)).reshape(xf.shape)
+    out = _run_kernel(f"bwd{mode}", xf, sf, a, gf, *_grid_tensors(q_n, q_p, x))
+    return None if out is None else (_unflatten(out[0], x, order), out[1])
 
 
 def _eager_grads(x: Tensor, s: Tensor, a: Tensor, g: Tensor, q_n: int, q_p: int, ch_axis: int | None, mode: int):
