@@ -165,11 +165,12 @@ class QuantExperimentConfig(_Strict):
     bn_reestimate_batches: int = Field(
         0, ge=0, description="after the last QAT stage, re-estimate the batch-norm statistics on this many training "
         "batches with the final quantized weights (qgait.quant.bn_stats) before model.pt is saved; 0: off")
-    channels_last: bool | None = Field(
-        None, description="train the QAT network (and IDC / IDD's frozen FP copy) in channels-last memory format; "
-        "None: as train.channels_last. On the CPU recipe it makes the W4A4 LSQ step 1.25x faster "
-        "(results/bench/qat_step_2026-12-05_intel-xeon-processor_t2.json); the values differ from NCHW's only by "
-        "float rounding, which moves a few activations across a rounding threshold")
+    channels_last: bool = Field(
+        False, description="train the QAT network (and IDC / IDD's frozen FP copy) in channels-last memory format. "
+        "On the CPU recipe the W4A4 LSQ step is 1.51x faster (results/bench/qat_step_2026-12-05_intel-xeon-processor_"
+        "t2_2.json), but PyTorch's CPU batch norm in training mode is far less exact on channels-last input "
+        "(results/bench/bn_channels_last_*.json), which moves low-bit activations across rounding thresholds; off "
+        "until the low-bit study's W4A4 row lsq_cl has measured what it does to accuracy (docs/results.md)")
     fp_reference: bool = Field(
         False, description="train the stages without quantizing (no quantizers, no calibration): the FP model "
         "fine-tuned with exactly this schedule, batches and losses, the reference a QAT row's gap to FP is measured "

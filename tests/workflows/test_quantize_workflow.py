@@ -123,14 +123,14 @@ def test_bn_reestimation_after_the_last_stage(small_config_file, fp_run, tmp_pat
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "nchw"])
-def test_qat_memory_format_follows_train_channels_last(small_config_file, fp_run, tmp_path, layout):
-    """With train.channels_last (and quant.channels_last unset) the QAT student trains channels-last: the fused
-    fake quantizers see channels-last activations and keep them so (no copy into NCHW order), and model.pt holds
-    channels-last conv weights. quant.channels_last=false (the studies' pin) keeps NCHW, where no tensor takes the
+def test_qat_memory_format(small_config_file, fp_run, tmp_path, layout):
+    """quant.channels_last: the QAT student trains channels-last: the fused fake quantizers see channels-last
+    activations and keep them so (no copy into NCHW order), and model.pt holds channels-last conv weights. Without
+    it (the default) QAT stays NCHW even when the FP recipe trains channels-last, and no tensor takes the
     channels-last path, so NCHW runs are computed exactly as before."""
     import qgait.quant.fake_quant as fq
 
-    extra = ["train.channels_last=true"] + (["quant.channels_last=false"] if layout == "nchw" else [])
+    extra = ["train.channels_last=true"] + (["quant.channels_last=true"] if layout == "channels_last" else [])
     cfg = load_config(small_config_file, quant_overrides(stage1=2, stage2=0) + extra + [
         "quant.idc=null", "quant.evaluate_stage1=false", "quant.plot=false"])
     orders = []

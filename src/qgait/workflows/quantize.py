@@ -157,8 +157,8 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
     try:
         batches = make_train_batches(cfg, store, split.train_subjects, ctx)
         net = load_fp_network(fp_checkpoint, cfg, batches.num_classes).to(ctx.device)
-        if cfg.train.channels_last if q.channels_last is None else q.channels_last:
-            net = net.to(memory_format=torch.channels_last)  # before quantize_: step sizes stay 1-D, unaffected
+        if q.channels_last:  # before quantize_ (which keeps the format): step sizes are 1-D, unaffected
+            net = net.to(memory_format=torch.channels_last)
         teacher = FrozenTeacher(copy.deepcopy(net.model))
         if not q.fp_reference:  # the FP reference trains the same stages without quantizers
             quantize_(net.model, q.config)
