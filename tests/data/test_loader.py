@@ -94,6 +94,10 @@ def test_held_out_batches_are_fixed_and_apart_from_training(tagged_store):
     bn = tb.held_out(2, tb.BN_STREAM)
     assert torch.equal(bn[1][0], tb.get(2 * 10**6 + 1)[0]) and not torch.equal(bn[0][0], calib[0][0])
     assert tb.held_out(0) == []
+    lazy = tb.iter_held_out(2, tb.BN_STREAM)  # built one at a time, the same batches
+    assert not isinstance(lazy, list) and all(torch.equal(a[0], b[0]) for a, b in zip(lazy, bn))
+    with pytest.raises(ValueError, match="n must be"):
+        tb.iter_held_out(-1)  # checked at the call, not at the first batch
     with pytest.raises(ValueError, match="n must be"):
         tb.held_out(-1)
     with pytest.raises(ValueError, match="stream must be"):

@@ -103,10 +103,20 @@ class TrainBatches:
         """``n`` batches drawn past any training iteration: ``get(stream * 10**6 + i)`` for ``i < n``.
 
         They are the same on every start and resume of a run (a batch is a pure function of its index), and a
-        schedule would need a million iterations to train on one of them. ``stream`` keeps independent uses apart (:attr:`CALIBRATION_STREAM`, :attr:`BN_STREAM`).
+        schedule would need a million iterations to train on one of them. ``stream`` keeps independent uses apart
+        (:attr:`CALIBRATION_STREAM`, :attr:`BN_STREAM`). :meth:`iter_held_out` builds them one at a time.
 
         Returns:
             ``[(x, y), ...]`` of length ``n``, each as :meth:`get` returns it.
+
+        Raises:
+            ValueError: negative ``n`` or a ``stream`` below 1.
+        """
+        return list(self.iter_held_out(n, stream))
+
+    def iter_held_out(self, n: int, stream: int = CALIBRATION_STREAM) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """:meth:`held_out`'s batches one at a time, each built when it is asked for (for many batches: batch-norm
+        re-estimation reads 50 of the full-size recipe's 40 MB batches). Arguments are checked at the call.
 
         Raises:
             ValueError: negative ``n`` or a ``stream`` below 1.
@@ -115,7 +125,7 @@ class TrainBatches:
             raise ValueError(f"TrainBatches.held_out: n must be a non-negative integer, got {n!r}")
         if isinstance(stream, bool) or not isinstance(stream, (int, np.integer)) or stream < 1:
             raise ValueError(f"TrainBatches.held_out: stream must be a positive integer, got {stream!r}")
-        return [self._build(stream * 10**6 + i) for i in range(int(n))]
+        return (self._build(stream * 10**6 + i) for i in range(int(n)))
 
     def get(self, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's batch at ``iteration``.

@@ -246,7 +246,7 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
             intermediate = idx == 1 and q.stage2.iterations
             if not intermediate and q.bn_reestimate_batches:  # deterministic batches: a resumed run gets the same
                 n = reestimate_bn_stats(net.model, (x.to(ctx.device) for x, _ in
-                                                    batches.held_out(q.bn_reestimate_batches, batches.BN_STREAM)))
+                                                    batches.iter_held_out(q.bn_reestimate_batches, batches.BN_STREAM)))
                 summary["bn_reestimated_batches"] = n
                 log(f"stage {idx}: batch-norm statistics re-estimated on {n} training batches")
             if ctx.is_main:
