@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -138,6 +139,17 @@ def _rel(path) -> str:
 ZOO_ROWS = ("alone", "gaitkd")
 
 
+def log_speed(log: Path) -> dict:
+    """The training speed a run's log records: ``{"sec_per_iter_median", "windows"}``, the median over its logged
+    windows (each ``train.log_every`` iterations, data loading included) of seconds per iteration; empty without
+    a log. Shared machines make it a bracket of a row's cost, not a benchmark (benchmarks/distill_step.py is)."""
+    if not log.is_file():
+        return {}
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    times = [r["sec_per_iter"] for r in rows if isinstance(r.get("sec_per_iter"), (int, float))]
+    return {"sec_per_iter_median": round(statistics.median(times), 4), "windows": len(times)} if times else {}
+
+
 # ------------------------------------------------------------------------------------------------ running
 def plan(rows: list[str] | None = None, seeds: list[int] | None = None) -> list[tuple[str, int]]:
     """``(row, seed)`` in run order: seed by seed, rows in table order. Without ``seeds``: the key rows on every
@@ -196,6 +208,7 @@ def run_one(row: str, seed: int, runs: Path) -> Path:
         "study": "distill", "row": row, "seed": seed, "command": "qgait " + " ".join(cmd),
         "teachers": json.loads(teachers_json.read_text()) if teachers_json.is_file() else [],
         "summary": summary, "result": json.loads((run_dir / "results.json").read_text()),
+        "speed": log_speed(run_dir / "train_log.jsonl"),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")

@@ -12,6 +12,7 @@ enforced on ``scripts/distill_study.py`` and ``results/distill/configs`` without
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -224,3 +225,12 @@ def test_every_distilled_row_runs_its_teachers_at_one_precision():
     assert int8.distill.model_copy(update={"teacher_amp": "bf16"}) == ref.distill
     assert int8.model_copy(update={"distill": None, "name": "x"}) == ref.model_copy(update={"distill": None, "name": "x"})
     assert ("gaitkd_int8", "gaitkd") in STUDY.comparisons and STUDY.teachers["gaitkd_int8"] == STUDY.teachers["gaitkd"]
+
+
+def test_log_speed_is_the_median_of_the_logged_windows(tmp_path):
+    log = tmp_path / "train_log.jsonl"
+    assert STUDY_MOD.log_speed(log) == {}  # no log: nothing recorded
+    rows = [{"iteration": 50 * (i + 1), "sec_per_iter": t} for i, t in enumerate([0.9, 5.0, 1.1, 1.0])]
+    rows.insert(2, {"iteration": 100, "eval": "no timing in this line"})
+    log.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert STUDY_MOD.log_speed(log) == {"sec_per_iter_median": 1.05, "windows": 4}
