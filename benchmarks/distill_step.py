@@ -16,8 +16,8 @@ The teacher is ``--teacher`` (default: the zoo's FP model, the teacher of the lo
   the same fidelity figures.
 
 Student and teachers are in the memory format training gives them: with ``train.channels_last`` (the CPU recipe)
-the student (FP or QAT: ``quant.channels_last`` unset follows it) and the teachers (``prepare_distillation``) are
-channels-last.
+the FP student and the teachers (``prepare_distillation``) are channels-last; a QAT student is channels-last only
+with ``quant.channels_last`` (off by default), as ``qgait quantize`` trains it.
 
 The variants alternate step by step on the same batches, so machine noise hits them alike; the medians and the
 ratios to ``student`` are printed (goal: at most 1.3) and written to
@@ -70,8 +70,8 @@ def main() -> int:
     split = split_subjects(store, cfg.data)
     batches = make_train_batches(cfg, store, split.train_subjects, ctx)
     student = load_fp_network(a.student, cfg, batches.num_classes)
-    if cfg.train.channels_last:  # as `qgait distill` and `qgait quantize` train it
-        student = student.to(memory_format=torch.channels_last)
+    if cfg.train.channels_last if a.quant == "none" else bool(cfg.quant and cfg.quant.channels_last):
+        student = student.to(memory_format=torch.channels_last)  # as `qgait distill` / `qgait quantize` train it
     if a.quant != "none":
         bits = int(a.quant[1])
         quantize_(student.model, QuantConfig(weight_bits=bits, act_bits=bits))

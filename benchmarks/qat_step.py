@@ -7,8 +7,8 @@ hits them alike, and prints the median ratio to the FP step. The fake quantizers
 ``--eager`` adds the same quantized variants with the kernels off ("(eager)"), side by side in the same run.
 For the IDC variant the frozen teacher's forward is also reported on its own (``teacher_forward_s``).
 ``--channels-last`` adds the FP and LSQ + STE networks in channels-last memory format ("(channels-last)"; the FP
-recipe trains so with ``train.channels_last``, and `qgait quantize` follows it), with the largest difference of their
-embeddings from the NCHW networks' on the timed batch.
+recipe trains so with ``train.channels_last``, a QAT student with ``quant.channels_last``), with the largest
+difference of their embeddings from the NCHW networks' on the timed batch.
 
     python benchmarks/qat_step.py [configs/qgait_w4a4_cpu.yaml] [--steps 10] [--eager] [--channels-last]
 """
