@@ -21,6 +21,8 @@ from pathlib import Path
 
 from scipy.stats import spearmanr
 
+from qgait.engine.train_log import median_sec_per_iter, read_train_log, window_times
+
 PARTS = ("fp_probe", "fp", "w4a4", "dgv2", "gaitkd")
 FLOP_RECIPES = ("gaitbase_casiab", "deepgaitv2_casiab")  # the models of the parts fp and dgv2
 
@@ -43,13 +45,12 @@ def forward_gflops(recipe: str, frames: int = 30) -> float:
 
 def step_times(log: Path) -> dict:
     """Per stage: logged windows, last iteration, median s/iteration over the windows after the first."""
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    rows = read_train_log(log)
     out: dict[str, dict] = {}
     for stage in dict.fromkeys(r.get("stage", "train") for r in rows):
         rs = [r for r in rows if r.get("stage", "train") == stage]
-        secs = [r["sec_per_iter"] for r in rs]
         out[stage] = {"iterations": rs[-1]["iteration"], "windows": len(rs),
-                      "median_s_per_iter": round(statistics.median(secs[1:] or secs), 4),
+                      "median_s_per_iter": round(median_sec_per_iter(window_times(rs), skip_first=True), 4),
                       "last_loss": round(rs[-1]["loss/total"], 4)}
     return out
 

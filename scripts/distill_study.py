@@ -29,13 +29,14 @@ import contextlib
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from _tables import paired_cells  # scripts/_tables.py
+
+from qgait.engine.train_log import median_sec_per_iter, read_train_log, window_times
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results" / "distill"
@@ -143,11 +144,8 @@ def log_speed(log: Path) -> dict:
     """The training speed a run's log records: ``{"sec_per_iter_median", "windows"}``, the median over its logged
     windows (each ``train.log_every`` iterations, data loading included) of seconds per iteration; empty without
     a log. Shared machines make it a bracket of a row's cost, not a benchmark (benchmarks/distill_step.py is)."""
-    if not log.is_file():
-        return {}
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    times = [r["sec_per_iter"] for r in rows if isinstance(r.get("sec_per_iter"), (int, float))]
-    return {"sec_per_iter_median": round(statistics.median(times), 4), "windows": len(times)} if times else {}
+    times = window_times(read_train_log(log))
+    return {"sec_per_iter_median": round(median_sec_per_iter(times), 4), "windows": len(times)} if times else {}
 
 
 # ------------------------------------------------------------------------------------------------ running
