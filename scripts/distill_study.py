@@ -13,7 +13,8 @@ so they change neither. Teachers are fixed checkpoints in ``zoo/`` (:data:`TEACH
 missing is refused before anything runs, with the command that trains it.
 
 Runs go to ``runs/distill/seed<k>/<row>/`` (``qgait train`` for ``alone``, ``qgait distill`` for the others;
-re-running resumes a run from its ``last.pt``); each finished run's final evaluation (with the per-subject
+re-running resumes a run from its ``last.pt``; the teachers' outputs are cached in ``stores/teacher_cache/``, so
+that the rows of a seed after the first read them instead of running the teacher); each finished run's final evaluation (with the per-subject
 counts the bootstrap needs) is copied atomically, with the command that made it and its teachers' hashes, to
 ``results/distill/<row>_seed<k>.json``, and the models of ``alone`` and ``gaitkd`` to
 ``zoo/distill/seed<k>/<row>.pt``. The table
@@ -44,6 +45,9 @@ CONFIGS = RESULTS / "configs"
 ZOO = REPO / "zoo" / "distill"
 RECIPE_RESULTS = "zoo/gaitbase_casiab_cpu/results.json"  # the CPU recipe's own model (seed 0): a reference line
 ZOO_LIMIT_BYTES = 5 * 2**20
+# the teachers' outputs, shared by the rows of a seed (same batches, same teacher): the first run of a seed computes
+# them, the others read them back bit-identical (qgait.distill.cache; 1.2 GB per seed for the width-0.5 teacher)
+TEACHER_CACHE = "stores/teacher_cache"
 SETS = ("NM", "BG", "CL", "mean")
 N_BOOT = 2000
 
@@ -177,7 +181,7 @@ def command(row: str, seed: int, run_dir: Path) -> list[str]:
            "--output-dir", _rel(run_dir)]
     for t in teachers:
         cmd += ["--teacher", t]
-    return cmd
+    return cmd + (["--teacher-cache", TEACHER_CACHE] if teachers else [])
 
 
 def run_one(row: str, seed: int, runs: Path) -> Path:

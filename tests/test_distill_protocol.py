@@ -137,6 +137,7 @@ def test_commands_and_result_paths():
     assert "train.seed=1" in cmd and "runs/distill/seed1/two_teachers" in cmd
     assert [cmd[i + 1] for i, x in enumerate(cmd) if x == "--teacher"] == \
         ["zoo/gaitbase_casiab_cpu_w05/model.pt", "zoo/gaitbase_casiab_cpu/model.pt"]
+    assert cmd[-2:] == ["--teacher-cache", "stores/teacher_cache"]  # gitignored, shared by the rows of a seed
     assert STUDY_MOD.command("alone", 0, run_dir)[0] == "train"
     assert "--teacher" not in STUDY_MOD.command("alone", 0, run_dir)
     assert STUDY_MOD.result_path("gaitkd", 2) == STUDY_MOD.RESULTS / "gaitkd_seed2.json"

@@ -64,7 +64,7 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
         fp_stats = res.get("embedding_stats")
     run_quantize(cfg, getattr(a, "from"), out, progress=not a.quiet, fp_results=fp_results,
                  stage1_from=a.stage1_from, fp_embedding_stats=fp_stats if a.fp_results else None,
-                 teachers=a.teachers or None)
+                 teachers=a.teachers or None, teacher_cache=a.teacher_cache)
     return 0
 
 
@@ -74,7 +74,8 @@ def _cmd_distill(a: argparse.Namespace) -> int:
 
     cfg = load_config(a.config, a.overrides)
     out = a.output_dir or Path("runs") / cfg.name
-    run_distill(cfg, a.teachers, out, progress=not a.quiet, resume=not a.restart, evaluate=not a.no_eval)
+    run_distill(cfg, a.teachers, out, progress=not a.quiet, resume=not a.restart, evaluate=not a.no_eval,
+                teacher_cache=a.teacher_cache)
     return 0
 
 
@@ -172,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", dest="teachers", action="append", default=[], type=Path, metavar="CKPT",
                    help="also distil from this teacher (a run's model.pt or last.pt; repeatable): the config's "
                    "distill terms (default: GaitKD's KL + AB) join each QAT stage's loss next to IDC / IDD")
+    p.add_argument("--teacher-cache", type=Path, metavar="DIR",
+                   help="cache the teachers' outputs in DIR and read them back for a batch seen before by the same "
+                   "teacher (seeded runs see the same batches: several students of one teacher, or a resumed run, "
+                   "skip its forward pass); entries are keyed by every teacher weight and input byte")
     p.set_defaults(func=_cmd_quantize)
 
     p = sub.add_parser("distill", help="GaitKD: train a student with distillation from frozen teachers",
@@ -187,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", dest="teachers", action="append", required=True, type=Path, metavar="CKPT",
                    help="teacher checkpoint: a run's model.pt (with its head) or last.pt (repeatable: several "
                    "teachers; distill.ensemble averages their distributions)")
+    p.add_argument("--teacher-cache", type=Path, metavar="DIR",
+                   help="cache the teachers' outputs in DIR and read them back for a batch seen before by the same "
+                   "teacher (seeded runs see the same batches: several students of one teacher, or a resumed run, "
+                   "skip its forward pass); entries are keyed by every teacher weight and input byte")
     p.add_argument("--output-dir", type=Path, help="run folder (default: runs/<config name>)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start from scratch")
     p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")

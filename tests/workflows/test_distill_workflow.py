@@ -216,3 +216,31 @@ def test_int8_teacher_distils_on_fixed_calibration_batches(small_config_file, te
     assert [r["iteration"] for r in log] == [1, 2, 3]
     assert all({"loss/kd_kl", "loss/kd_ab"} <= set(r) and r["loss/kd_kl"] >= 0 for r in log)
     assert len(seen) == 2 and all(torch.equal(a, b) for a, b in zip(*seen))
+
+
+def test_teacher_cache_makes_a_second_student_the_same_without_the_teacher_forward(small_config_file, teacher_run,
+                                                                                   tmp_path, monkeypatch):
+    """Two runs of one seed and teacher: the second reads every teacher output from the cache (the teacher's own
+    forward never runs) and trains the bit-identical student."""
+    cfg = load_config(small_config_file, ["train.iterations=2", "train.log_every=1"])
+    cache = tmp_path / "cache"
+    first = run_distill(cfg, [teacher_run / "model.pt"], tmp_path / "a", progress=False, evaluate=False,
+                        teacher_cache=cache)
+    assert first["teacher_cache"] == [{"dir": first["teacher_cache"][0]["dir"], "hits": 0, "misses": 2}]
+    assert len(list(cache.glob("*/*/*.npz"))) == 2
+
+    from qgait.distill import Teacher
+
+    def no_forward(self, x):
+        raise AssertionError("the teacher's forward ran despite the cache")
+
+    monkeypatch.setattr(Teacher, "_forward", no_forward)
+    assert main(["distill", str(small_config_file), "--set", "train.iterations=2", "--set", "train.log_every=1",
+                 "--teacher", str(teacher_run / "model.pt"), "--output-dir", str(tmp_path / "b"), "--no-eval",
+                 "--quiet", "--teacher-cache", str(cache)]) == 0
+    second = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert second["teacher_cache"] == [{"dir": first["teacher_cache"][0]["dir"], "hits": 2, "misses": 0}]
+    a, b = (load_checkpoint(tmp_path / d / "model.pt")["state_dict"] for d in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    losses = [[r["loss/total"] for r in _log(tmp_path / d)] for d in ("a", "b")]
+    assert losses[0] == losses[1]

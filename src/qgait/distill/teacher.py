@@ -21,12 +21,16 @@ The teacher is never part of the student:
 
 Precision: float32 by default, bf16 autocast (``amp``), or int8 (:meth:`Teacher.quantize_int8`: the backbone
 post-training quantized with PyTorch's PT2E x86 path and compiled by inductor, the BNNeck head float32).
+
+Output cache: :meth:`Teacher.use_cache` reads the outputs on a batch seen before (same teacher, same bytes) from
+disk instead of running the network (:mod:`qgait.distill.cache`).
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -65,6 +69,8 @@ class Teacher:
         self.prefix = prefix
         self.amp = amp
         self._int8: Callable[[Tensor], Tensor] | None = None
+        self._int8_calib = ""
+        self.cache = None  # a qgait.distill.cache.TeacherOutputCache once use_cache is called
 
     @property
     def amp(self) -> torch.dtype | None:
@@ -113,6 +119,9 @@ class Teacher:
                              f"batches are on {sorted(devices)}: use distill.teacher_amp bf16 or none there")
         gm = pt2e_from_fp(self._inference_model(), tuple(calib[0].shape[-2:]), calib)
         self._int8 = compile_inductor(gm)
+        from .cache import batches_digest
+
+        self._int8_calib = batches_digest(calib)  # the int8 graph depends on its calibration batches too
         return self
 
     # -------------------------------------------------------------------- what the teacher is
@@ -166,6 +175,11 @@ class Teacher:
 
     # -------------------------------------------------------------------- forward
     def __call__(self, x: Tensor) -> dict[str, Tensor]:
+        raw = self.cache.get(x, self._forward) if self.cache is not None else self._forward(x)
+        return {f"{self.prefix}_{k}": v for k, v in raw.items()}
+
+    def _forward(self, x: Tensor) -> dict[str, Tensor]:
+        """``{"embeddings": [n, c, p], "logits": [n, C, p] (with a head)}``, float32, unprefixed."""
         if self.net.training:
             self.net.eval()
         if self._int8 is not None:
@@ -186,10 +200,26 @@ class Teacher:
                 "the teacher network must return embeddings [n, c, p] or a dict with 'embeddings', got "
                 f"{type(out).__name__}" + (f" with keys {sorted(out)}" if isinstance(out, Mapping) else "")
             )
-        res = {f"{self.prefix}_embeddings": emb.float()}
+        res = {"embeddings": emb.float()}
         if logits is not None:
-            res[f"{self.prefix}_logits"] = logits.float()
+            res["logits"] = logits.float()
         return res
+
+    # -------------------------------------------------------------------- output cache
+    def use_cache(self, root: str | Path, channels_last: bool = False, description: dict | None = None) -> Teacher:
+        """Read this teacher's outputs from, and store them in, the disk cache ``root``
+        (:class:`qgait.distill.cache.TeacherOutputCache`): a batch seen before with the same teacher, precision,
+        memory format, device, PyTorch version and thread count is read back instead of computed. Call it once the
+        teacher is set up (``amp``, :meth:`quantize_int8`, device and memory format); ``channels_last`` says
+        whether its weights are in channels-last format. Returns ``self``."""
+        from .cache import TeacherOutputCache, teacher_fingerprint
+
+        device = next((p.device for p in self.net.parameters()), torch.device("cpu"))
+        fp = teacher_fingerprint(self.net, amp=None if self.int8 else self._amp, int8=self.int8, device=device,
+                                 channels_last=channels_last, extra=self._int8_calib)
+        self.cache = TeacherOutputCache(root, fp, {**(description or {}), "amp": str(self._amp),
+                                                   "int8": self.int8, "channels_last": channels_last})
+        return self
 
     # -------------------------------------------------------------------- never serialised with a student
     def __reduce_ex__(self, protocol: int):  # noqa: ARG002
@@ -199,9 +229,9 @@ class Teacher:
         )
 
     def renamed(self, prefix: str) -> Teacher:
-        """The same teacher (network, precision, int8 graph shared) under another output prefix."""
+        """The same teacher (network, precision, int8 graph and output cache shared) under another output prefix."""
         t = Teacher(self.net, prefix, self.amp)
-        t._int8 = self._int8
+        t._int8, t._int8_calib, t.cache = self._int8, self._int8_calib, self.cache
         return t
 
     def __copy__(self) -> Teacher:

@@ -36,7 +36,7 @@ from .train import train_model
 
 __all__ = ["DistillNetwork", "KD_TERMS", "build_distill_terms", "check_teacher", "combine_outputs",
            "teacher_calibration",
-           "load_teacher", "load_teachers", "prepare_distillation", "run_distill"]
+           "load_teacher", "load_teachers", "prepare_distillation", "run_distill", "cache_stats"]
 
 KD_TERMS = ("kd_kl", "kd_global", "kd_ab", "kd_mse")  # LossSum names: logged as loss/<name>
 _TRAIN_TAGS = (None, "train", "distill")  # training checkpoints of a full-precision model
@@ -232,13 +232,16 @@ def teacher_calibration(batches, n: int = 2) -> list[torch.Tensor]:
 
 
 def prepare_distillation(cfg: ExperimentConfig, teachers: Sequence[Teacher], net: GaitWithHead, device,
-                         calib: Callable[[], Sequence[torch.Tensor]] | None = None):
+                         calib: Callable[[], Sequence[torch.Tensor]] | None = None,
+                         cache_dir: str | Path | None = None):
     """Check ``teachers`` against the student ``net`` and build what a distillation run adds; sets each teacher's
     forward precision from ``distill.teacher_amp`` (:attr:`qgait.distill.Teacher.amp`; ``int8``:
     :meth:`qgait.distill.Teacher.quantize_int8` on the batches ``calib()`` returns) and, with
     ``train.channels_last`` (as the student), puts the teachers' weights in channels-last memory format: the same
     outputs (bit-identical in bf16, within 1.1e-6 in float32) from a 1.2-1.8x faster forward on this CPU
-    (``benchmarks/teacher_forward.py``; docs/distillation.md, "Teacher precision").
+    (``benchmarks/teacher_forward.py``; docs/distillation.md, "Teacher precision"). With ``cache_dir`` each
+    teacher reads its outputs on a batch it has seen before from that disk cache (:meth:`Teacher.use_cache`:
+    bit-identical inputs to the same computation only; docs/distillation.md, "Teacher output cache").
 
     Returns:
         ``(train_net, terms, teacher_fn)``: the :class:`DistillNetwork` (with connectors, on ``device``), the
@@ -282,20 +285,28 @@ def prepare_distillation(cfg: ExperimentConfig, teachers: Sequence[Teacher], net
         for t in teachers:
             t.quantize_int8(batches)
         log(f"teachers' backbones in int8 (PT2E, calibrated on {len(batches)} training batches)")
+    if cache_dir is not None:
+        for t in teachers:
+            t.use_cache(cache_dir, channels_last=cfg.train.channels_last,
+                        description={"checkpoint": str(getattr(t, "path", t.prefix))})
+            log(f"teacher {getattr(t, 'path', t.prefix)}: output cache {t.cache.folder}")
     fn = teachers[0] if len(teachers) == 1 else MultiTeacher(list(teachers))
     return train_net, terms, fn
 
 
 def run_distill(cfg: ExperimentConfig, teacher_paths: Sequence[str | Path], out_dir: str | Path,
-                progress: bool = True, resume: bool = True, evaluate: bool = True) -> dict:
+                progress: bool = True, resume: bool = True, evaluate: bool = True,
+                teacher_cache: str | Path | None = None) -> dict:
     """Train ``cfg``'s student into ``out_dir`` with distillation from ``teacher_paths`` (as
     :func:`qgait.workflows.train.run_train`: resumable from ``out_dir/last.pt``, ``model.pt``, evaluation).
 
     The config's ``distill`` section (or, without one, :class:`~qgait.config.DistillConfig`'s defaults: GaitKD's
-    reference) sets the terms. Teachers are loaded and checked before any training.
+    reference) sets the terms. Teachers are loaded and checked before any training. ``teacher_cache``: a folder
+    where the teachers' outputs are cached across runs (:func:`prepare_distillation`).
 
     Returns:
-        The summary of :func:`run_train` plus ``"teachers"`` (the checkpoint paths).
+        The summary of :func:`run_train` plus ``"teachers"`` (the checkpoint paths) and, with ``teacher_cache``,
+        ``"teacher_cache"`` (per teacher: the cache folder, hits and misses of this start).
 
     Raises:
         CheckpointError: a teacher file is missing or unreadable (:func:`load_teacher`).
@@ -316,7 +327,8 @@ def run_distill(cfg: ExperimentConfig, teacher_paths: Sequence[str | Path], out_
         if ctx.is_main:
             record_teachers(out_dir, teacher_record)
         train_net, terms, fn = prepare_distillation(cfg, teachers, net, ctx.device,
-                                                    calib=functools.partial(teacher_calibration, batches))
+                                                    calib=functools.partial(teacher_calibration, batches),
+                                                    cache_dir=teacher_cache)
         from ..losses import LossSum
 
         all_terms = {k: (m, loss_fn.weights[k]) for k, m in loss_fn.terms.items()}
@@ -325,4 +337,12 @@ def run_distill(cfg: ExperimentConfig, teacher_paths: Sequence[str | Path], out_
         return train_net, LossSum(all_terms), fn
 
     return train_model(cfg, out_dir, resume=resume, progress=progress, evaluate=evaluate, setup=setup,
-                       tag="distill", label="FP32, distilled", extra_meta={"teachers": names})
+                       tag="distill", label="FP32, distilled", extra_meta={"teachers": names},
+                       end_meta=functools.partial(cache_stats, teachers))
+
+
+def cache_stats(teachers: Sequence[Teacher]) -> dict:
+    """``{"teacher_cache": [{"dir", "hits", "misses"}, ...]}`` of the teachers that use an output cache; ``{}``
+    when none does."""
+    stats = [t.cache.stats() for t in teachers if t.cache is not None]
+    return {"teacher_cache": stats} if stats else {}

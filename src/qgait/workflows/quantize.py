@@ -40,7 +40,8 @@ from ..models import GaitWithHead
 from ..quant import alpha_at, calibrate_, quant_summary, quantize_, set_alpha_, set_rounding_, step_parameters
 from ..quant.bn_stats import reestimate_bn_stats
 from .common import build_losses, build_network, evaluate_with_stats, log, prepare_run
-from .distill import KD_TERMS, combine_outputs, load_teachers, prepare_distillation, teacher_calibration
+from .distill import (KD_TERMS, cache_stats, combine_outputs, load_teachers, prepare_distillation,
+                      teacher_calibration)
 from .resume import check_resume, check_teachers, record_teachers
 from .train import make_train_batches
 
@@ -115,7 +116,8 @@ def _losses(cfg: ExperimentConfig, stage: int, has_head: bool, idc_only: bool = 
 
 def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str | Path, progress: bool = True,
                  fp_results: dict | None = None, stage1_from: str | Path | None = None,
-                 fp_embedding_stats: dict | None = None, teachers: list[str | Path] | None = None) -> dict:
+                 fp_embedding_stats: dict | None = None, teachers: list[str | Path] | None = None,
+                 teacher_cache: str | Path | None = None) -> dict:
     """QGait from ``fp_checkpoint`` into ``out_dir``; returns ``{stage: {NM, BG, CL, mean}}`` and timings.
 
     Every evaluation's JSON carries the embedding-space diagnostics (issue 13): ``embedding_stats`` (per-part
@@ -132,6 +134,8 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
             the config's ``distill`` terms (its defaults without the section: GaitKD's KL + AB) are added to each
             QAT stage's loss next to IDC / IDD (QAT and GaitKD in one pass). Checked before any training; width
             connectors are trained with the stage and kept in the stage checkpoints, not in ``model.pt``.
+        teacher_cache: a folder where the teachers' outputs are cached across runs
+            (:func:`qgait.workflows.distill.prepare_distillation`); the summary then has ``teacher_cache``.
 
     Raises:
         ValueError: the config has no ``quant`` section, ``stage1_from``'s stage 1 is unfinished, or a teacher is
@@ -168,7 +172,8 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
         train_net, kd_terms, kd_fn = net, {}, None
         if kd_teachers:
             train_net, kd_terms, kd_fn = prepare_distillation(cfg, kd_teachers, net, ctx.device,
-                                                              calib=functools.partial(teacher_calibration, batches))
+                                                              calib=functools.partial(teacher_calibration, batches),
+                                                              cache_dir=teacher_cache)
         summary: dict = {
             "name": cfg.name, "fp_checkpoint": str(fp_checkpoint), "stages": {}, "seconds": {},
             **({"teachers": [str(t) for t in teachers]} if kd_teachers else {}),
@@ -261,6 +266,7 @@ def run_quantize(cfg: ExperimentConfig, fp_checkpoint: str | Path, out_dir: str 
             drift = {k: json.loads(p.read_text()).get("embedding_drift") for k in ("stage1", "stage2", "final")
                      if (p := out_dir / f"{k}_results.json").is_file()}
             summary["embedding_drift"] = {k: v for k, v in drift.items() if v}
+            summary.update(cache_stats(kd_teachers))
             if q.plot:
                 models = {"FP": teacher.model}
                 if (out_dir / "stage1_model.pt").is_file():

@@ -62,7 +62,7 @@ def run_train(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = True, p
 
 def train_model(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = True, progress: bool = True,
                 evaluate: bool = True, setup=None, tag: str = "train", label: str = "FP32",
-                extra_meta: dict | None = None) -> dict:
+                extra_meta: dict | None = None, end_meta=None) -> dict:
     """:func:`run_train`'s loop with a hook for variants (distillation, :mod:`qgait.workflows.distill`).
 
     Args:
@@ -74,6 +74,8 @@ def train_model(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = True,
         tag: the trainer's tag (log ``stage``, TensorBoard prefix).
         label: the evaluated model's label (``"<name> (<label>)"``).
         extra_meta: added to ``model.pt`` and the summary (JSON-able: strings, numbers, lists).
+        end_meta: ``() -> dict`` called once training ends, added to the summary only (e.g. the teacher output
+            cache's hits and misses).
     """
     out_dir = Path(out_dir)
     changes = check_resume(cfg, out_dir) if resume else []
@@ -105,6 +107,8 @@ def train_model(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = True,
                          "train_seconds_this_run": round(wall, 1), "periodic_eval": evals, **(extra_meta or {})}
         if changes:
             summary["config_changes_on_resume"] = changes
+        if end_meta is not None:
+            summary.update(end_meta())
         if not ctx.is_main:
             return summary
         model_path = save_inference_model(
