@@ -121,8 +121,9 @@ def test_quantize_with_teachers_adds_the_kd_terms(small_config_file, teacher_run
     out = tmp_path / "q"
     summary = run_quantize(cfg, teacher_run / "last.pt", out, progress=False,
                            fp_results={"NM": 0.0, "BG": 0.0, "CL": 0.0, "mean": 0.0},
-                           teachers=[teacher_run / "model.pt"])
+                           teachers=[teacher_run / "model.pt"], teacher_cache=tmp_path / "cache")
     assert summary["kd"] == {"stage1": ["kd_ab", "kd_kl"]} and summary["idc"] == {"stage1": True}
+    assert [(c["hits"], c["misses"]) for c in summary["teacher_cache"]] == [(0, 2)]  # two stage-1 batches
     log = _log(out)
     assert [r["stage"] for r in log] == ["stage1", "stage1"]
     assert all({"loss/kd_kl", "loss/kd_ab", "loss/idc"} <= set(r) for r in log)
