@@ -15,14 +15,6 @@ from qgait.models.heads import GaitWithHead
 X_SHAPE = (4, 2, 16, 4)  # [n, T, H, W]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _net(seed=0) -> GaitWithHead:
     torch.manual_seed(seed)
     return GaitWithHead(GaitBase(width=1 / 16, bins=(4,), embed_dim=16), 3)

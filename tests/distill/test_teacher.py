@@ -22,15 +22,6 @@ CLASSES = 3
 X_SHAPE = (6, 2, 16, 4)  # [n, T, H, W]: feature height 4 after strides (1, 2, 2, 1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions: one intra-op thread is ~100x faster than two on a loaded machine (then restored)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _net(bins=(4,), embed_dim=16, num_classes=CLASSES, seed=0) -> GaitWithHead:
     torch.manual_seed(seed)
     return GaitWithHead(GaitBase(width=1 / 16, bins=bins, embed_dim=embed_dim), num_classes)
