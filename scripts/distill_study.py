@@ -14,10 +14,10 @@ missing is refused before anything runs, with the command that trains it.
 
 Runs go to ``runs/distill/seed<k>/<row>/`` (``qgait train`` for ``alone``, ``qgait distill`` for the others;
 re-running resumes a run from its ``last.pt``; the teachers' outputs are cached in ``stores/teacher_cache/``, so
-that the rows of a seed after the first read them instead of running the teacher); each finished run's final evaluation (with the per-subject
-counts the bootstrap needs) is copied atomically, with the command that made it and its teachers' hashes, to
-``results/distill/<row>_seed<k>.json``, and the models of ``alone`` and ``gaitkd`` to
-``zoo/distill/seed<k>/<row>.pt``. The table
+that the rows of a seed after the first read them instead of running the teacher); each finished run's final
+evaluation (with the per-subject counts the bootstrap needs) is copied atomically, with the command that made it
+and its teachers' hashes, to ``results/distill/<row>_seed<k>.json``, and the models of ``alone`` and ``gaitkd``
+to ``zoo/distill/seed<k>/<row>.pt``. The table
 has, per row, the mean and standard deviation over seeds, the paired difference to ``alone`` with its standard
 error, and a test-subject bootstrap 95% confidence interval for it (:mod:`qgait.evaluation.stats`), and the
 between-row differences the issue's claims rest on (AB against feature MSE, GaitKD against each of its parts).

@@ -20,6 +20,13 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_teacher_cache_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher-cache", type=Path, metavar="DIR",
+                   help="cache the teachers' outputs in DIR and read them back for a batch seen before by the same "
+                   "teacher (seeded runs see the same batches: several students of one teacher, or a resumed run, "
+                   "skip its forward pass); entries are keyed by every teacher weight and input byte")
+
+
 def _cmd_train(a: argparse.Namespace) -> int:
     from .config import load_config
     from .workflows.train import run_train
@@ -173,10 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", dest="teachers", action="append", default=[], type=Path, metavar="CKPT",
                    help="also distil from this teacher (a run's model.pt or last.pt; repeatable): the config's "
                    "distill terms (default: GaitKD's KL + AB) join each QAT stage's loss next to IDC / IDD")
-    p.add_argument("--teacher-cache", type=Path, metavar="DIR",
-                   help="cache the teachers' outputs in DIR and read them back for a batch seen before by the same "
-                   "teacher (seeded runs see the same batches: several students of one teacher, or a resumed run, "
-                   "skip its forward pass); entries are keyed by every teacher weight and input byte")
+    _add_teacher_cache_arg(p)
     p.set_defaults(func=_cmd_quantize)
 
     p = sub.add_parser("distill", help="GaitKD: train a student with distillation from frozen teachers",
@@ -192,10 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", dest="teachers", action="append", required=True, type=Path, metavar="CKPT",
                    help="teacher checkpoint: a run's model.pt (with its head) or last.pt (repeatable: several "
                    "teachers; distill.ensemble averages their distributions)")
-    p.add_argument("--teacher-cache", type=Path, metavar="DIR",
-                   help="cache the teachers' outputs in DIR and read them back for a batch seen before by the same "
-                   "teacher (seeded runs see the same batches: several students of one teacher, or a resumed run, "
-                   "skip its forward pass); entries are keyed by every teacher weight and input byte")
+    _add_teacher_cache_arg(p)
     p.add_argument("--output-dir", type=Path, help="run folder (default: runs/<config name>)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start from scratch")
     p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")

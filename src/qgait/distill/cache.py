@@ -7,8 +7,9 @@ computation in every run. With a cache the first run stores each batch's teacher
 them back.
 
 The key of an entry is the SHA-256 of the teacher's **fingerprint** (every weight and buffer, the forward
-precision, int8 or not (and then its calibration batches), the memory format, the device type, the PyTorch version and the intra-op thread count:
-anything that can change the teacher's arithmetic) and of the input batch itself (shape, dtype and every byte).
+precision, int8 or not (and then its calibration batches), the memory format, the device type, the PyTorch
+version and the intra-op thread count: anything that can change the teacher's arithmetic) and of the input batch
+itself (shape, dtype and every byte).
 So an entry is only ever read back for a bit-identical input to the same computation: a batch that differs in one
 pixel, or a teacher with one other weight, misses and is computed. Nothing about the sampler or the seed is
 assumed; when batches do not repeat the cache only costs disk.
