@@ -7,9 +7,9 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "save_figure"]
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], sync_dir: bool = False) -> Path:
@@ -43,3 +43,24 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], sync_dir: 
         finally:
             os.close(dfd)
     return path
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> Path:
+    """Write a matplotlib figure to ``path`` atomically (format from the suffix: ``.png``, ``.pdf``, ``.svg``)
+    and close it, written or not.
+
+    Returns:
+        ``path``. Raises: ValueError if the suffix is not a format matplotlib writes (nothing is written, the
+        figure stays open); whatever writing raises (``path`` untouched, the figure closed).
+    """
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower()
+    if fmt not in fig.canvas.get_supported_filetypes():
+        raise ValueError(f"{path}: cannot write a figure as {path.suffix or 'a file without a suffix'} "
+                         f"(one of {', '.join(sorted(fig.canvas.get_supported_filetypes()))})")
+    import matplotlib.pyplot as plt  # matplotlib is imported by whoever made the figure
+
+    try:
+        return atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi))
+    finally:
+        plt.close(fig)

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import norm
 
+from ..atomic import save_figure
+
 __all__ = ["plot_verification_curves"]
 
 # DET axes: the normal-deviate scale cannot show 0 or 1; rates are clipped to [_DET_MIN, 1 - _DET_MIN] and the
@@ -91,8 +93,4 @@ def plot_verification_curves(reports: Mapping[str, Mapping], path: str | Path, t
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import save_figure
 from .distance import part_distance
 
 
@@ -59,8 +60,4 @@ def plot_interclass(dists: Mapping[str, np.ndarray], path: str | Path, title: st
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

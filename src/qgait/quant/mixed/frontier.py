@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ...atomic import save_figure
 from .ilp import Allocation, Option, allocate, smallest_budget
 from .ties import Tie
 
@@ -127,8 +128,4 @@ def plot_frontier(path: str | Path, frontiers: Mapping[str, Sequence[Allocation]
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
