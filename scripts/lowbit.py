@@ -35,6 +35,8 @@ CONFIGS = RESULTS / "configs"
 ZOO = REPO / "zoo" / "lowbit"
 FP_REL = "zoo/gaitbase_casiab_cpu/model.pt"
 W05_REL = "zoo/gaitbase_casiab_cpu_w05/model.pt"  # the GaitKD teacher (issue 14): GaitBase at width 0.5
+# the CPU recipe's student distilled with GaitKD from that teacher, one per seed, and its evaluation (issue 14)
+KD_START = ("zoo/distill/seed{seed}/gaitkd.pt", "results/distill/gaitkd_seed{seed}.json")
 FP_CKPT = REPO / FP_REL
 FP_RESULTS = REPO / "zoo" / "gaitbase_casiab_cpu" / "results.json"
 ZOO_LIMIT_BYTES = 5 * 2**20
@@ -56,6 +58,9 @@ class Setting:
     teachers: dict[str, tuple[str, ...]] = field(default_factory=dict)  # row -> checkpoints (repo-relative)
     comparisons: tuple[tuple[str, str], ...] = ()  # (row, baseline): differences between rows, seeds paired
     reference: bool = False  # the FP reference (quant.fp_reference): every other setting's rows are compared with it
+    # row -> (FP checkpoint, its evaluation JSON), repo-relative templates with {seed}: rows that quantize another FP
+    # model than the zoo's (a seed's own start, e.g. its GaitKD-distilled student); own_stage1 by necessity
+    starts: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 SETTINGS: dict[str, Setting] = {
@@ -86,16 +91,21 @@ SETTINGS: dict[str, Setting] = {
             "mixed_lcpaq_kd": "mixed_lcpaq + GaitKD from the FP model (part KL T 4 + AB), both stages, own stage 1",
             "mixed_lcpaq_kd_w05": "mixed_lcpaq + GaitKD from the width-0.5 GaitBase (78.4; part KL T 4 + AB), both "
                                   "stages, own stage 1",
+            "mixed_lcpaq_from_kd": "mixed_lcpaq quantizing the seed's GaitKD-distilled FP student "
+                                   "(`zoo/distill/seed<k>/gaitkd.pt`) instead of the zoo FP model, own stage 1",
         },
-        key_rows=("lsq", "mixed_lcpaq"),
+        key_rows=("lsq", "mixed_lcpaq", "mixed_lcpaq_from_kd"),
         own_stage1=frozenset({"kd_both", "idd_both_w300", "mixed_lcpaq", "mixed_hessian", "mixed_random",
-                              "lsq_stem8", "lsq_stem8_fc8", "mixed_lcpaq_kd", "mixed_lcpaq_kd_w05"}),
+                              "lsq_stem8", "lsq_stem8_fc8", "mixed_lcpaq_kd", "mixed_lcpaq_kd_w05",
+                              "mixed_lcpaq_from_kd"}),
         teachers={"kd_s2": (FP_REL,), "kd_both": (FP_REL,), "mixed_lcpaq_kd": (FP_REL,),
                   "mixed_lcpaq_kd_w05": (W05_REL,)},
         comparisons=(("mixed_lcpaq", "mixed_random"), ("mixed_lcpaq", "mixed_hessian"),
                      ("mixed_hessian", "mixed_random"), ("mixed_lcpaq", "lsq_stem8"), ("mixed_hessian", "lsq_stem8"),
                      ("lsq_stem8_fc8", "lsq_stem8"), ("mixed_lcpaq", "lsq_stem8_fc8"), ("mixed_lcpaq_kd", "mixed_lcpaq"),
-                     ("mixed_lcpaq_kd_w05", "mixed_lcpaq"), ("mixed_lcpaq_kd_w05", "mixed_lcpaq_kd")),
+                     ("mixed_lcpaq_kd_w05", "mixed_lcpaq"), ("mixed_lcpaq_kd_w05", "mixed_lcpaq_kd"),
+                     ("mixed_lcpaq_from_kd", "mixed_lcpaq")),
+        starts={"mixed_lcpaq_from_kd": KD_START},
     ),
     "w4a4": Setting(
         title="W4A4 (an easy setting)",
@@ -106,10 +116,14 @@ SETTINGS: dict[str, Setting] = {
               "mixed_lcpaq": "mixed precision (LCPAQ) at uniform W4A4's size and BOPs, own stage 1",
               "mixed_hessian": "mixed precision, Hessian-only (HAWQ-style), same size and BOPs, own stage 1",
               "mixed_random": "mixed precision, random allocation, same size and BOPs, own stage 1",
-              "lsq_cl": "LSQ with a channels-last student (1.5x faster step; less exact batch norm), own stage 1"},
-        key_rows=("lsq", "lsq_cl"),
-        own_stage1=frozenset({"lsq_outq", "lsq_outq8", "mixed_lcpaq", "mixed_hessian", "mixed_random", "lsq_cl"}),
-        comparisons=(("mixed_lcpaq", "mixed_random"), ("mixed_lcpaq", "mixed_hessian")),
+              "lsq_cl": "LSQ with a channels-last student (1.5x faster step; less exact batch norm), own stage 1",
+              "lsq_from_kd": "LSQ quantizing the seed's GaitKD-distilled FP student (`zoo/distill/seed<k>/gaitkd.pt`) "
+                             "instead of the zoo FP model, own stage 1"},
+        key_rows=("lsq", "lsq_cl", "lsq_from_kd"),
+        own_stage1=frozenset({"lsq_outq", "lsq_outq8", "mixed_lcpaq", "mixed_hessian", "mixed_random", "lsq_cl",
+                              "lsq_from_kd"}),
+        comparisons=(("mixed_lcpaq", "mixed_random"), ("mixed_lcpaq", "mixed_hessian"), ("lsq_from_kd", "lsq")),
+        starts={"lsq_from_kd": KD_START},
     ),
     "w8a8": Setting(
         title="W8A8 (an easy setting)",
@@ -151,6 +165,7 @@ def _run_one(setting: str, row: str, seed: int, runs: Path, fp: Path, fp_results
     if out.is_file():
         return
     run_dir = runs / setting / f"seed{seed}" / row
+    fp = start_checkpoint(setting, row, seed, fp)
     cmd = [sys.executable, "-m", "qgait.cli", "quantize", str(config_path(setting, row)), "--from", str(fp),
            "--output-dir", str(run_dir), "--quiet", "--fp-results", str(fp_results), "--set", f"train.seed={seed}"]
     teachers = [REPO / t for t in st.teachers.get(row, ())]
@@ -180,6 +195,21 @@ def _run_one(setting: str, row: str, seed: int, runs: Path, fp: Path, fp_results
     tmp.write_text(dumps_results(record, indent=1) + "\n")
     tmp.replace(out)
     keep_in_zoo(setting, row, seed, run_dir)
+
+
+def start_checkpoint(setting: str, row: str, seed: int, fp: Path) -> Path:
+    """The FP checkpoint ``row`` quantizes for ``seed``: its own start (:attr:`Setting.starts`) or ``fp``.
+
+    Raises:
+        FileNotFoundError: the row's start is not in the repository (naming the file and what makes it).
+    """
+    if row not in SETTINGS[setting].starts:
+        return fp
+    path = REPO / SETTINGS[setting].starts[row][0].format(seed=seed)
+    if not path.is_file():
+        raise FileNotFoundError(f"{_rel(path)}: {setting} {row} seed {seed} starts from it; it is made by "
+                                f"python scripts/distill_study.py run --rows gaitkd --seeds {seed}")
+    return path
 
 
 def shared_start(setting: str, seed: int, runs: Path) -> Path:
@@ -342,6 +372,7 @@ def setting_table(setting: str, fp_res: dict | None, n_boot: int = 2000) -> list
               "and seed (`fp_ft`, no quantizers: the gap quantization alone costs), seeds paired, with its "
               "bootstrap 95% CI.", ""]
     lines += comparison_table(setting, runs, n_boot)
+    lines += start_table(setting, runs, n_boot)
     return lines
 
 
@@ -371,13 +402,38 @@ def comparison_table(setting: str, runs: dict[str, dict[int, dict]], n_boot: int
     return lines + [""]
 
 
+def start_table(setting: str, runs: dict[str, dict[int, dict]], n_boot: int = 2000) -> list[str]:
+    """Rows that quantize another FP model (:attr:`Setting.starts`) against that model, seeds paired: what
+    quantization costs the model it starts from."""
+    st = SETTINGS[setting]
+    if not st.starts:
+        return []
+    lines = ["Rows that quantize another FP model, against that model (seeds paired: each seed's own start):", "",
+             "| row | start | seeds | start's mean rank-1 | diff +- se | bootstrap 95% CI | NM / BG / CL diff |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row, (ckpt, res) in st.starts.items():
+        by_seed = runs.get(row, {})
+        start = {s: json.loads((REPO / res.format(seed=s)).read_text()) for s in sorted(by_seed)
+                 if (REPO / res.format(seed=s)).is_file()}
+        common = sorted(start)
+        name = f"`{ckpt.replace('{seed}', '<k>')}`"
+        if not common:
+            lines.append(f"| `{row}` | {name} | 0 | | not run yet | | |")
+            continue
+        c = paired_cells([start[s]["result"] for s in common], [by_seed[s]["result"] for s in common], n_boot)
+        mean = sum(start[s]["result"]["mean"] for s in common) / len(common)
+        lines.append(f"| `{row}` | {name} | {len(common)} | {mean:.2f} | {c['diff']} | {c['ci']} | {c['sets']} |")
+    return lines + [""]
+
+
 def write_tables(out: Path | None = None) -> Path:
     """Regenerate ``results/lowbit/README.md`` (or ``out``) from the committed JSON. Returns its path."""
     fp_res = json.loads(FP_RESULTS.read_text()) if FP_RESULTS.is_file() else None
     lines = ["# Low-bit accuracy under the fair protocol (issue 13)", "",
              "Generated by `python scripts/lowbit.py table` from the JSON beside this file; the protocol is in "
              "docs/lowbit.md. Every row of a table has the same schedule and starts from "
-             "`zoo/gaitbase_casiab_cpu/model.pt`.", ""]
+             "`zoo/gaitbase_casiab_cpu/model.pt`, except the rows `*_from_kd`, which quantize the GaitKD-distilled "
+             "student of their seed.", ""]
     for setting in SETTINGS:
         lines += setting_table(setting, fp_res)
     out = out or RESULTS / "README.md"

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,6 @@ from qgait.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "results" / "lowbit" / "configs"
-
-
-
 
 LOWBIT = load_script("lowbit")
 SETTINGS = LOWBIT.SETTINGS
@@ -133,3 +131,22 @@ def test_fp_reference_has_every_settings_schedule():
         assert (ctrl.data.model_dump(), ctrl.model.model_dump(), ctrl.loss.model_dump(), ctrl.optim.model_dump()) == \
             (ref.data.model_dump(), ref.model.model_dump(), ref.loss.model_dump(), ref.optim.model_dump()), setting
 
+
+
+def test_rows_with_their_own_start_train_their_own_stage_1_and_their_starts_exist():
+    """A row that quantizes another FP model cannot share the control's stage 1; its start and that start's
+    evaluation are committed for every seed the setting plans (so that the row runs on a fresh machine)."""
+    for setting, st in SETTINGS.items():
+        for row, (ckpt, res) in st.starts.items():
+            assert row in st.rows and row in st.own_stage1, f"{setting} {row}"
+            for seed in st.seeds:
+                assert (REPO / ckpt.format(seed=seed)).is_file(), ckpt.format(seed=seed)
+                assert json.loads((REPO / res.format(seed=seed)).read_text())["result"]["per_subject"]
+
+
+def test_start_checkpoint_is_the_rows_own_or_the_default(tmp_path):
+    default = tmp_path / "fp.pt"
+    assert LOWBIT.start_checkpoint("w3a3", "lsq", 0, default) == default
+    assert LOWBIT.start_checkpoint("w4a4", "lsq_from_kd", 1, default) == REPO / "zoo/distill/seed1/gaitkd.pt"
+    with pytest.raises(FileNotFoundError, match="seed7/gaitkd.pt.*distill_study.py run --rows gaitkd --seeds 7"):
+        LOWBIT.start_checkpoint("w4a4", "lsq_from_kd", 7, default)
