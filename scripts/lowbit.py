@@ -463,7 +463,8 @@ def main() -> int:
     r.add_argument("--seeds", help="comma-separated (default: the setting's seeds)")
     r.add_argument("--rows", help="comma-separated row names (default: all, in order)")
     r.add_argument("--runs", type=Path, default=REPO / "runs" / "lowbit")
-    r.add_argument("--from", dest="fp", type=Path, default=FP_CKPT)
+    r.add_argument("--from", dest="fp", type=Path, default=FP_CKPT,
+                   help="the FP checkpoint to quantize (rows with their own start, Setting.starts, use theirs)")
     r.add_argument("--fp-results", type=Path, default=FP_RESULTS)
     sub.add_parser("table", help="regenerate results/lowbit/README.md from the committed JSON")
     q = sub.add_parser("ptq", help="a PTQ probe (no training) of one bit pair: results/lowbit/ptq_<bits>.json")

@@ -150,3 +150,17 @@ def test_start_checkpoint_is_the_rows_own_or_the_default(tmp_path):
     assert LOWBIT.start_checkpoint("w4a4", "lsq_from_kd", 1, default) == REPO / "zoo/distill/seed1/gaitkd.pt"
     with pytest.raises(FileNotFoundError, match="seed7/gaitkd.pt.*distill_study.py run --rows gaitkd --seeds 7"):
         LOWBIT.start_checkpoint("w4a4", "lsq_from_kd", 7, default)
+
+
+def test_start_table_pairs_each_seed_with_its_own_start():
+    """The committed W4A4 control's records relabelled as ``lsq_from_kd``: the line's mean start and difference
+    are the ones recomputed here from the distilled students' JSON."""
+    runs = LOWBIT.load_runs("w4a4")
+    fake = {"lsq_from_kd": runs["lsq"]}
+    lines = LOWBIT.start_table("w4a4", fake, n_boot=200)
+    row = next(ln for ln in lines if ln.startswith("| `lsq_from_kd` |"))
+    starts = {s: json.loads((REPO / f"results/distill/gaitkd_seed{s}.json").read_text())["result"]["mean"]
+              for s in runs["lsq"]}
+    mean_start = sum(starts.values()) / len(starts)
+    diff = sum(runs["lsq"][s]["result"]["mean"] - starts[s] for s in starts) / len(starts)
+    assert f"| {len(starts)} | {mean_start:.2f} | {diff:+.2f} +- " in row
