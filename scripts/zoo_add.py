@@ -7,24 +7,48 @@ Copies ``model.pt`` (the inference checkpoint ``qgait train`` writes: weights, h
 with its floating-point tensors in half precision (``weights_dtype: float16`` in the file; ``--half`` forces it):
 ``load_state_dict`` casts them back into the float32 model, so every loader reads it unchanged. The float16
 copy is checked against the original on random silhouettes (embedding cosine, printed; refused under 0.999).
-The config's data paths are relative to its folder, so it is copied only into a folder at the run folder's depth.
-Refuses to overwrite an existing zoo folder unless ``--overwrite``.
+The config's relative data paths (``data.source``, ``data.store``) are relative to its folder: they are rewritten
+to point from the zoo folder to the same places. ``teachers.json`` (a distilled run's teachers and their hashes) is
+copied too. Refuses to overwrite an existing zoo folder unless ``--overwrite``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from pathlib import Path
 
 import torch
+import yaml
 
 from qgait.atomic import atomic_write
 from qgait.engine.checkpoint import load_checkpoint, load_inference_model
 
 LIMIT = 5 * 2**20
-FILES = ("config.yaml", "results.json", "results.md", "train_log.jsonl")
+FILES = ("results.json", "results.md", "train_log.jsonl", "teachers.json")
+PATH_KEYS = ("source", "store")  # the data section's paths, relative to the config's folder
+
+
+def rebase_config(text: str, run: Path, dest: Path) -> str:
+    """The YAML config ``text`` of the folder ``run`` with its relative ``data.source`` / ``data.store`` rewritten
+    to be relative to ``dest`` (absolute paths and other keys unchanged; the YAML re-emitted in its key order).
+
+    Raises:
+        ValueError: ``text`` is not a YAML mapping.
+    """
+    cfg = yaml.safe_load(text)
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{run / 'config.yaml'}: not a YAML mapping")
+    data = cfg.get("data")
+    if isinstance(data, dict):
+        for key in PATH_KEYS:
+            v = data.get(key)
+            if isinstance(v, str) and v and not os.path.isabs(v):
+                target = os.path.normpath(os.path.join(os.path.abspath(run), v))
+                data[key] = os.path.relpath(target, os.path.abspath(dest))
+    return yaml.safe_dump(cfg, sort_keys=False)
 
 
 def half_precision(ck: dict) -> dict:
@@ -61,10 +85,6 @@ def main() -> int:
     if a.dest.exists() and not a.overwrite:
         print(f"error: {a.dest} exists (--overwrite replaces it)", file=sys.stderr)
         return 1
-    if len(a.dest.resolve().parts) != len(a.run.resolve().parts):
-        print(f"error: {a.dest} is not at the depth of {a.run}: the config's relative data paths would break",
-              file=sys.stderr)
-        return 1
     ck = load_checkpoint(src, required=("state_dict",))
     a.dest.mkdir(parents=True, exist_ok=True)
     dst = a.dest / "model.pt"
@@ -84,10 +104,13 @@ def main() -> int:
     if dst.stat().st_size > LIMIT:
         print(f"error: {dst} is still over 5 MB", file=sys.stderr)
         return 1
+    if (a.run / "config.yaml").is_file():
+        text = rebase_config((a.run / "config.yaml").read_text(), a.run, a.dest)
+        atomic_write(a.dest / "config.yaml", lambda f: f.write(text.encode()))
     for name in FILES:
         if (a.run / name).is_file():
             shutil.copy2(a.run / name, a.dest / name)
-    print(f"copied {', '.join(n for n in FILES if (a.dest / n).is_file())} into {a.dest}")
+    print(f"copied {', '.join(n for n in ('config.yaml', *FILES) if (a.dest / n).is_file())} into {a.dest}")
     return 0
 
 

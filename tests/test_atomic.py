@@ -25,6 +25,20 @@ def test_atomic_write_failure_keeps_the_old_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]  # no temporary file left behind
 
 
+def test_atomic_write_gives_the_permissions_of_a_plain_open(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        atomic_write(tmp_path / "a.bin", lambda f: f.write(b"x"))
+        (tmp_path / "b.bin").write_bytes(b"x")
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "a.bin").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "b.bin").stat().st_mode) == 0o640
+
+
 def test_save_figure_writes_png_and_closes(tmp_path):
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])

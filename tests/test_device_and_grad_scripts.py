@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 from _scripts import load_script
 
@@ -56,5 +57,22 @@ def test_zoo_add_stores_float16_weights_that_load_as_the_model(tmp_path, capsys)
     model, _ = load_inference_model(zoo / "model.pt")
     assert next(model.parameters()).dtype == torch.float32
     assert mod.embedding_cosine(run / "model.pt", zoo / "model.pt", (32, 22)) > 0.999
-    assert (zoo / "config.yaml").read_text() == "name: m\n"
+    assert yaml.safe_load((zoo / "config.yaml").read_text()) == {"name": "m"}
     assert "exists" in capsys.readouterr().err
+
+
+def test_zoo_add_rebases_the_configs_data_paths(tmp_path):
+    """A run folder deeper than its zoo folder: the copied config's relative data paths still name the same
+    folders, absolute ones and the rest of the config are unchanged, and the result loads as a config."""
+    mod = load_script("zoo_add")
+    run, dest = tmp_path / "runs" / "study" / "seed0" / "row", tmp_path / "zoo" / "row"
+    (tmp_path / "stores" / "s").mkdir(parents=True)
+    text = ("name: row\ndata:\n  source: /abs/casia-b\n  store: ../../../../stores/s\n  p: 8\n"
+            "model:\n  name: gaitbase\n")
+    out = yaml.safe_load(mod.rebase_config(text, run, dest))
+    assert out["data"]["store"] == "../../stores/s"
+    assert (dest / out["data"]["store"]).resolve() == (run / "../../../../stores/s").resolve()
+    assert out["data"]["source"] == "/abs/casia-b"
+    assert out["data"]["p"] == 8 and out["model"] == {"name": "gaitbase"} and list(out) == ["name", "data", "model"]
+    with pytest.raises(ValueError, match="not a YAML mapping"):
+        mod.rebase_config("- a\n", run, dest)

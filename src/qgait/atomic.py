@@ -12,9 +12,16 @@ from typing import Any, BinaryIO
 __all__ = ["atomic_write", "save_figure"]
 
 
+def _umask() -> int:
+    """The process's file-creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], sync_dir: bool = False) -> Path:
     """Call ``write(f)`` on a temporary file beside ``path`` (created with its folder), fsync it and rename it to
-    ``path``; ``sync_dir`` also fsyncs the folder so the rename itself is durable (POSIX; best effort elsewhere).
+    ``path``, with the permissions a plain ``open`` would give it (0666 less the umask); ``sync_dir`` also fsyncs the folder so the rename itself is durable (POSIX; best effort elsewhere).
 
     Returns:
         ``path``. Raises: whatever ``write`` raises (the temporary file is removed, ``path`` untouched).
@@ -23,6 +30,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], sync_dir: 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from the other users of a machine
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
