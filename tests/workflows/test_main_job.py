@@ -54,6 +54,15 @@ def test_main_job_starts_from_the_zoo_checkpoint(stubs, tmp_path, capsys):
     assert "### NM" not in out and (tmp_path / "main_job_cpu.json").is_file()
 
 
+def test_main_job_from_another_zoo_model_reuses_its_evaluation(stubs, tmp_path, capsys):
+    distilled = REPO / "zoo" / "gaitkd_casiab_cpu" / "model.pt"
+    mj.run_main_job(out_root=tmp_path, progress=False, fp_checkpoint=distilled)
+    cfg, fp, kw = stubs["quantize"][0]
+    assert stubs["train"] == [] and fp == distilled
+    assert kw["fp_results"]["mean"] == pytest.approx(77.6, abs=0.1)  # zoo/gaitkd_casiab_cpu/results.json
+    assert "zoo/gaitkd_casiab_cpu/results.md" in capsys.readouterr().out
+
+
 def test_quick_job_uses_the_zoo_model_a_short_benchmark_and_evaluates_fp_on_its_subjects(stubs, tmp_path):
     mj.run_main_job(quick=True, out_root=tmp_path, progress=False)
     cfg, fp, kw = stubs["quantize"][0]

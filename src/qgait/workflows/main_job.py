@@ -55,7 +55,7 @@ def zoo_checkpoint() -> Path | None:
 
 def _zoo_results(fp_checkpoint: Path) -> tuple[dict | None, dict | None, Path | None]:
     """The FP model's ``{NM, BG, CL, mean}``, ``embedding_stats`` and report path from the ``results.json`` beside
-    a zoo checkpoint (its evaluation on all 50 test subjects), or Nones."""
+    its checkpoint (a zoo folder's or a finished run's: its evaluation on all 50 test subjects), or Nones."""
     path = fp_checkpoint.parent / "results.json"
     if not path.is_file():
         return None, None, None
@@ -100,10 +100,12 @@ def run_main_job(quick: bool = False, data: str | Path | None = None, out_root: 
         if fp_checkpoint is None:
             log(f"no {ZOO_FP / 'model.pt'} in {project_root()} (qgait installed without its repository): the FP "
                 "model is trained first")
-        elif not quick:  # the zoo's evaluation is on the recipe's 50 test subjects; --quick evaluates on 5
-            fp_results, fp_stats, zoo_report = _zoo_results(Path(fp_checkpoint))
-            if zoo_report is not None:
-                reports["FP32"] = zoo_report
+    if fp_checkpoint is not None and not quick:
+        # the evaluation beside a zoo (or finished run's) model.pt is on the recipe's 50 test subjects, reused;
+        # --quick evaluates on 5
+        fp_results, fp_stats, zoo_report = _zoo_results(Path(fp_checkpoint))
+        if zoo_report is not None:
+            reports["FP32"] = zoo_report
     if fp_checkpoint is None:
         log(f"[1/3] full-precision training: {cfg_path.name} -> {fp_dir}")
         fp = run_train(cfg, fp_dir, progress=progress)
