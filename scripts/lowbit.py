@@ -370,7 +370,9 @@ def setting_table(setting: str, fp_res: dict | None, n_boot: int = 2000) -> list
               "over FP, mean over parts. *vs FP*: the row's seed mean minus the FP model's, with its test-subject "
               "bootstrap 95% CI. *vs FP fine-tuned*: the row minus the FP model trained on with the same schedule "
               "and seed (`fp_ft`, no quantizers: the gap quantization alone costs), seeds paired, with its "
-              "bootstrap 95% CI.", ""]
+              "bootstrap 95% CI." + (" Rows that quantize another FP model (`*_from_kd`) are compared with the zoo FP "
+              "model in these columns, norm and inter-class ratios included, so they hold what distillation changed "
+              "too; their own start is in the last table." if st.starts else ""), ""]
     lines += comparison_table(setting, runs, n_boot)
     lines += start_table(setting, runs, n_boot)
     return lines
