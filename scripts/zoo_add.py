@@ -86,6 +86,13 @@ def main() -> int:
         print(f"error: {a.dest} exists (--overwrite replaces it)", file=sys.stderr)
         return 1
     ck = load_checkpoint(src, required=("state_dict",))
+    config = None  # rebased before anything is written, so a bad config leaves no half-made zoo folder
+    if (a.run / "config.yaml").is_file():
+        try:
+            config = rebase_config((a.run / "config.yaml").read_text(), a.run, a.dest)
+        except (ValueError, yaml.YAMLError) as e:
+            print(f"error: {a.run / 'config.yaml'}: {e}", file=sys.stderr)
+            return 1
     a.dest.mkdir(parents=True, exist_ok=True)
     dst = a.dest / "model.pt"
     if a.half or src.stat().st_size > LIMIT:
@@ -104,9 +111,8 @@ def main() -> int:
     if dst.stat().st_size > LIMIT:
         print(f"error: {dst} is still over 5 MB", file=sys.stderr)
         return 1
-    if (a.run / "config.yaml").is_file():
-        text = rebase_config((a.run / "config.yaml").read_text(), a.run, a.dest)
-        atomic_write(a.dest / "config.yaml", lambda f: f.write(text.encode()))
+    if config is not None:
+        atomic_write(a.dest / "config.yaml", lambda f: f.write(config.encode()))
     for name in FILES:
         if (a.run / name).is_file():
             shutil.copy2(a.run / name, a.dest / name)

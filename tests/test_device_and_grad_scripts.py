@@ -76,3 +76,21 @@ def test_zoo_add_rebases_the_configs_data_paths(tmp_path):
     assert out["data"]["p"] == 8 and out["model"] == {"name": "gaitbase"} and list(out) == ["name", "data", "model"]
     with pytest.raises(ValueError, match="not a YAML mapping"):
         mod.rebase_config("- a\n", run, dest)
+
+
+def test_zoo_add_refuses_a_bad_config_before_writing(tmp_path, capsys):
+    from qgait.engine.checkpoint import save_inference_model
+    from qgait.models import build_model
+
+    mod = load_script("zoo_add")
+    args = {"width": 0.125, "bins": [4], "embed_dim": 16}
+    run, zoo = tmp_path / "runs" / "m", tmp_path / "zoo" / "m"
+    save_inference_model(run / "model.pt", build_model("gaitbase", **args).eval(), "gaitbase", args, (32, 22))
+    (run / "config.yaml").write_text("- not\n- a mapping\n")
+    argv, sys.argv = sys.argv, ["zoo_add.py", str(run), str(zoo)]
+    try:
+        assert mod.main() == 1
+    finally:
+        sys.argv = argv
+    assert not zoo.exists()
+    assert "config.yaml" in capsys.readouterr().err

@@ -21,7 +21,8 @@ def _umask() -> int:
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], sync_dir: bool = False) -> Path:
     """Call ``write(f)`` on a temporary file beside ``path`` (created with its folder), fsync it and rename it to
-    ``path``, with the permissions a plain ``open`` would give it (0666 less the umask); ``sync_dir`` also fsyncs the folder so the rename itself is durable (POSIX; best effort elsewhere).
+    ``path``, with the permissions a plain ``open`` would give it (0666 less the umask, on POSIX); ``sync_dir``
+    also fsyncs the folder so the rename itself is durable (POSIX; best effort elsewhere).
 
     Returns:
         ``path``. Raises: whatever ``write`` raises (the temporary file is removed, ``path`` untouched).
@@ -30,7 +31,8 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], sync_dir: 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from the other users of a machine
+        if hasattr(os, "fchmod"):  # mkstemp's 0600 would hide results from the other users of a machine
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
