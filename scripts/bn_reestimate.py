@@ -131,7 +131,8 @@ def _against_control(groups: dict[tuple, list[dict]]) -> list[str]:
     model fine-tuned with the same schedule and seed (the low-bit study's reference)."""
     from qgait.evaluation.stats import paired_difference, subject_bootstrap
 
-    from lowbit import REFERENCE, SETTINGS, load_runs  # scripts/lowbit.py: the reference's records by seed
+    # scripts/lowbit.py: the reference's records by seed, and the rows that quantize another FP model
+    from lowbit import REFERENCE, SETTINGS, load_runs, start_label, start_result
 
     fp_path = REPO / "zoo" / "gaitbase_casiab_cpu" / "results.json"
     fp = json.loads(fp_path.read_text()) if fp_path.is_file() else None
@@ -167,10 +168,9 @@ def _against_control(groups: dict[tuple, list[dict]]) -> list[str]:
             b = subject_bootstrap([fp], res, n_boot=2000)
             out.append(f"| {setting} | {row} re-estimated | FP (zoo) | {len(recs)} | {b['mean']['diff']:+.2f} | "
                        f"[{b['mean']['ci_low']:+.2f}, {b['mean']['ci_high']:+.2f}] |")
-        start = SETTINGS[setting].starts.get(row) if setting in SETTINGS else None
-        if start is not None:  # a row that quantizes another FP model: against that model too
-            starts = [json.loads((REPO / start[1].format(seed=s)).read_text())["result"] for s in seeds]
-            out.append(paired_line(setting, row, f"its own FP start (`{start[0].replace('{seed}', '<k>')}`)",
+        if setting in SETTINGS and row in SETTINGS[setting].starts:  # another FP model: against it too
+            starts = [start_result(setting, row, s) for s in seeds]
+            out.append(paired_line(setting, row, f"its own FP start ({start_label(setting, row)})",
                                    [r["mean"] for r in starts], starts, after, res))
         paired = [i for i, s in enumerate(seeds) if s in fp_ft]
         if paired:

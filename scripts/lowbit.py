@@ -212,6 +212,19 @@ def start_checkpoint(setting: str, row: str, seed: int, fp: Path) -> Path:
     return path
 
 
+def start_result(setting: str, row: str, seed: int) -> dict | None:
+    """The evaluation (``result``) of the FP model ``row`` starts from for ``seed`` (:attr:`Setting.starts`), or
+    None when the row has no start of its own or that evaluation is not committed."""
+    start = SETTINGS[setting].starts.get(row)
+    path = REPO / start[1].format(seed=seed) if start else None
+    return json.loads(path.read_text())["result"] if path is not None and path.is_file() else None
+
+
+def start_label(setting: str, row: str) -> str:
+    """The row's start checkpoint for any seed, as the tables name it (``zoo/distill/seed<k>/gaitkd.pt``)."""
+    return f"`{SETTINGS[setting].starts[row][0].replace('{seed}', '<k>')}`"
+
+
 def shared_start(setting: str, seed: int, runs: Path) -> Path:
     """The folder holding the control's finished ``stage1_last.pt`` for ``seed``: the run folder if present, else
     the zoo copy (a later sitting on a fresh machine).
@@ -413,17 +426,16 @@ def start_table(setting: str, runs: dict[str, dict[int, dict]], n_boot: int = 20
     lines = ["Rows that quantize another FP model, against that model (seeds paired: each seed's own start):", "",
              "| row | start | seeds | start's mean rank-1 | diff +- se | bootstrap 95% CI | NM / BG / CL diff |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
-    for row, (ckpt, res) in st.starts.items():
+    for row in st.starts:
         by_seed = runs.get(row, {})
-        start = {s: json.loads((REPO / res.format(seed=s)).read_text()) for s in sorted(by_seed)
-                 if (REPO / res.format(seed=s)).is_file()}
+        start = {s: r for s in sorted(by_seed) if (r := start_result(setting, row, s)) is not None}
         common = sorted(start)
-        name = f"`{ckpt.replace('{seed}', '<k>')}`"
+        name = start_label(setting, row)
         if not common:
             lines.append(f"| `{row}` | {name} | 0 | | not run yet | | |")
             continue
-        c = paired_cells([start[s]["result"] for s in common], [by_seed[s]["result"] for s in common], n_boot)
-        mean = sum(start[s]["result"]["mean"] for s in common) / len(common)
+        c = paired_cells([start[s] for s in common], [by_seed[s]["result"] for s in common], n_boot)
+        mean = sum(start[s]["mean"] for s in common) / len(common)
         lines.append(f"| `{row}` | {name} | {len(common)} | {mean:.2f} | {c['diff']} | {c['ci']} | {c['sets']} |")
     return lines + [""]
 
