@@ -121,12 +121,15 @@ SETTINGS: dict[str, Setting] = {
               "mixed_random": "mixed precision, random allocation, same size and BOPs, own stage 1",
               "lsq_cl": "LSQ with a channels-last student (1.5x faster step; less exact batch norm), own stage 1",
               "lsq_from_kd": "LSQ quantizing the seed's GaitKD-distilled FP student (`zoo/distill/seed<k>/gaitkd.pt`) "
-                             "instead of the zoo FP model, own stage 1"},
-        key_rows=("lsq", "lsq_cl", "lsq_from_kd"),
+                             "instead of the zoo FP model, own stage 1",
+              "mixed_lcpaq_from_kd": "mixed_lcpaq quantizing the seed's GaitKD-distilled FP student "
+                                     "(`zoo/distill/seed<k>/gaitkd.pt`) instead of the zoo FP model, own stage 1"},
+        key_rows=("lsq", "lsq_cl", "lsq_from_kd", "mixed_lcpaq_from_kd"),
         own_stage1=frozenset({"lsq_outq", "lsq_outq8", "mixed_lcpaq", "mixed_hessian", "mixed_random", "lsq_cl",
-                              "lsq_from_kd"}),
-        comparisons=(("mixed_lcpaq", "mixed_random"), ("mixed_lcpaq", "mixed_hessian"), ("lsq_from_kd", "lsq")),
-        starts={"lsq_from_kd": KD_START},
+                              "lsq_from_kd", "mixed_lcpaq_from_kd"}),
+        comparisons=(("mixed_lcpaq", "mixed_random"), ("mixed_lcpaq", "mixed_hessian"), ("lsq_from_kd", "lsq"),
+                     ("mixed_lcpaq_from_kd", "mixed_lcpaq"), ("mixed_lcpaq_from_kd", "lsq_from_kd")),
+        starts={"lsq_from_kd": KD_START, "mixed_lcpaq_from_kd": KD_START},
     ),
     "w8a8": Setting(
         title="W8A8 (an easy setting)",
