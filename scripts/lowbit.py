@@ -37,6 +37,9 @@ FP_REL = "zoo/gaitbase_casiab_cpu/model.pt"
 W05_REL = "zoo/gaitbase_casiab_cpu_w05/model.pt"  # the GaitKD teacher (issue 14): GaitBase at width 0.5
 # the CPU recipe's student distilled with GaitKD from that teacher, one per seed, and its evaluation (issue 14)
 KD_START = ("zoo/distill/seed{seed}/gaitkd.pt", "results/distill/gaitkd_seed{seed}.json")
+# The tail of every `*_from_kd` row's label: what differs from the row it copies.
+FROM_KD = ("quantizing the seed's GaitKD-distilled FP student (`zoo/distill/seed<k>/gaitkd.pt`) instead of the zoo "
+           "FP model, own stage 1")
 FP_CKPT = REPO / FP_REL
 FP_RESULTS = REPO / "zoo" / "gaitbase_casiab_cpu" / "results.json"
 ZOO_LIMIT_BYTES = 5 * 2**20
@@ -91,10 +94,8 @@ SETTINGS: dict[str, Setting] = {
             "mixed_lcpaq_kd": "mixed_lcpaq + GaitKD from the FP model (part KL T 4 + AB), both stages, own stage 1",
             "mixed_lcpaq_kd_w05": "mixed_lcpaq + GaitKD from the width-0.5 GaitBase (78.4; part KL T 4 + AB), both "
                                   "stages, own stage 1",
-            "mixed_lcpaq_from_kd": "mixed_lcpaq quantizing the seed's GaitKD-distilled FP student "
-                                   "(`zoo/distill/seed<k>/gaitkd.pt`) instead of the zoo FP model, own stage 1",
-            "lsq_from_kd": "LSQ quantizing the seed's GaitKD-distilled FP student (`zoo/distill/seed<k>/gaitkd.pt`) "
-                           "instead of the zoo FP model, own stage 1",
+            "mixed_lcpaq_from_kd": f"mixed_lcpaq {FROM_KD}",
+            "lsq_from_kd": f"LSQ {FROM_KD}",
         },
         key_rows=("lsq", "mixed_lcpaq", "mixed_lcpaq_from_kd", "lsq_from_kd"),
         own_stage1=frozenset({"kd_both", "idd_both_w300", "mixed_lcpaq", "mixed_hessian", "mixed_random",
@@ -120,10 +121,8 @@ SETTINGS: dict[str, Setting] = {
               "mixed_hessian": "mixed precision, Hessian-only (HAWQ-style), same size and BOPs, own stage 1",
               "mixed_random": "mixed precision, random allocation, same size and BOPs, own stage 1",
               "lsq_cl": "LSQ with a channels-last student (1.5x faster step; less exact batch norm), own stage 1",
-              "lsq_from_kd": "LSQ quantizing the seed's GaitKD-distilled FP student (`zoo/distill/seed<k>/gaitkd.pt`) "
-                             "instead of the zoo FP model, own stage 1",
-              "mixed_lcpaq_from_kd": "mixed_lcpaq quantizing the seed's GaitKD-distilled FP student "
-                                     "(`zoo/distill/seed<k>/gaitkd.pt`) instead of the zoo FP model, own stage 1"},
+              "lsq_from_kd": f"LSQ {FROM_KD}",
+              "mixed_lcpaq_from_kd": f"mixed_lcpaq {FROM_KD}"},
         key_rows=("lsq", "lsq_cl", "lsq_from_kd", "mixed_lcpaq_from_kd"),
         own_stage1=frozenset({"lsq_outq", "lsq_outq8", "mixed_lcpaq", "mixed_hessian", "mixed_random", "lsq_cl",
                               "lsq_from_kd", "mixed_lcpaq_from_kd"}),
