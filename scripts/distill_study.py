@@ -106,6 +106,7 @@ STUDY = Study(
         "two_teachers_ensemble": "+ GaitKD from two teachers (KL to their mean distribution)",
         "feature_mse_w1": "+ feature MSE at weight 1, the reference code's (baseline)",
         "gaitkd_int8": "+ GaitKD with the teacher's backbone in int8 (1.14x a student step, against bf16's 1.45x)",
+        "gaitkd_ab_pull": "+ GaitKD with AB at 0.011, KL's pull at initialisation (diagnostic, not tuned)",
     },
     key_rows=("alone", "gaitkd", "kl", "ab", "feature_mse"),  # the issue's claims rest on these
     teachers={
@@ -113,11 +114,12 @@ STUDY = Study(
         "feature_mse": ("gaitbase_w05",), "global_kd": ("gaitbase_w05",), "hetero": ("gaitset",),
         "two_teachers": ("gaitbase_w05", "gaitbase_recipe"),
         "two_teachers_ensemble": ("gaitbase_w05", "gaitbase_recipe"),
-        "feature_mse_w1": ("gaitbase_w05",), "gaitkd_int8": ("gaitbase_w05",),
+        "feature_mse_w1": ("gaitbase_w05",), "gaitkd_int8": ("gaitbase_w05",), "gaitkd_ab_pull": ("gaitbase_w05",),
     },
     comparisons=(("gaitkd", "kl"), ("gaitkd", "ab"), ("ab", "feature_mse"), ("kl", "global_kd"),
                  ("hetero", "ab"), ("two_teachers", "gaitkd"), ("two_teachers_ensemble", "two_teachers"),
-                 ("ab", "feature_mse_w1"), ("gaitkd_int8", "gaitkd")),
+                 ("ab", "feature_mse_w1"), ("gaitkd_int8", "gaitkd"), ("gaitkd_ab_pull", "kl"),
+                 ("gaitkd_ab_pull", "gaitkd")),
 )
 
 

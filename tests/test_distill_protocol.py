@@ -34,7 +34,7 @@ ROWS = list(STUDY.rows)
 TERMS = {
     "alone": set(), "gaitkd": {"kl", "ab"}, "kl": {"kl"}, "ab": {"ab"}, "feature_mse": {"feature_mse"},
     "global_kd": {"global_kd"}, "hetero": {"ab"}, "two_teachers": {"kl", "ab"}, "two_teachers_ensemble": {"kl", "ab"},
-    "feature_mse_w1": {"feature_mse"}, "gaitkd_int8": {"kl", "ab"},
+    "feature_mse_w1": {"feature_mse"}, "gaitkd_int8": {"kl", "ab"}, "gaitkd_ab_pull": {"kl", "ab"},
 }
 
 
@@ -212,6 +212,19 @@ def test_feature_mse_row_pulls_like_ab():
     w = _cfg("feature_mse").distill.feature_mse.weight
     assert min(matched) - 0.05 <= w <= max(matched) + 0.05, (w, matched)
     assert _cfg("feature_mse_w1").distill.feature_mse.weight == 1.0
+
+
+def test_ab_pull_row_pulls_like_kl_at_initialisation():
+    """``gaitkd_ab_pull`` is ``gaitkd`` with only AB's weight changed, to the measured one at which AB's gradient pull
+    equals KL's at initialisation (a diagnostic of why AB adds nothing beside KL at GaitKD's 0.003)."""
+    import json
+
+    rec = json.loads((REPO / "results" / "distill" / "grad_norms_w05.json").read_text())["at_init"]["ratio_to_task"]
+    matched = rec["kd_kl"] / rec["kd_ab"]  # AB's ratio is per unit weight (measured at weight 1)
+    pull, ref = _cfg("gaitkd_ab_pull"), _cfg("gaitkd")
+    assert abs(pull.distill.ab.weight - matched) <= 0.0005, (pull.distill.ab.weight, matched)
+    assert pull.distill.model_copy(update={"ab": ref.distill.ab}) == ref.distill
+    assert {("gaitkd_ab_pull", "kl"), ("gaitkd_ab_pull", "gaitkd")} <= set(STUDY.comparisons)
 
 
 def test_every_distilled_row_runs_its_teachers_at_one_precision():
