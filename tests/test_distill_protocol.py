@@ -38,6 +38,11 @@ TERMS = {
 }
 
 
+def _grad_norms() -> dict:
+    """The measured gradient pull of each term (``python scripts/distill_grad_norms.py``), which row weights follow."""
+    return json.loads((REPO / "results" / "distill" / "grad_norms_w05.json").read_text())
+
+
 def _cfg(row):
     return load_config(STUDY_MOD.config_path(row))
 
@@ -204,9 +209,7 @@ def test_committed_table_is_regenerated_from_the_json(tmp_path):
 def test_feature_mse_row_pulls_like_ab():
     """The ``feature_mse`` row's weight is the measured pull-matched one (AB at GaitKD's 0.003), so that "AB beats
     feature MSE" compares the losses' shapes; ``feature_mse_w1`` keeps the reference code's weight 1."""
-    import json
-
-    rec = json.loads((REPO / "results" / "distill" / "grad_norms_w05.json").read_text())
+    rec = _grad_norms()
     matched = [rec[k]["weight_to_match_ab"] for k in ("at_init", "trained")]
     assert _cfg("ab").distill.ab.weight == rec["ab_reference_weight"]
     w = _cfg("feature_mse").distill.feature_mse.weight
@@ -217,9 +220,7 @@ def test_feature_mse_row_pulls_like_ab():
 def test_ab_pull_row_pulls_like_kl_at_initialisation():
     """``gaitkd_ab_pull`` is ``gaitkd`` with only AB's weight changed, to the measured one at which AB's gradient pull
     equals KL's at initialisation (a diagnostic of why AB adds nothing beside KL at GaitKD's 0.003)."""
-    import json
-
-    rec = json.loads((REPO / "results" / "distill" / "grad_norms_w05.json").read_text())["at_init"]["ratio_to_task"]
+    rec = _grad_norms()["at_init"]["ratio_to_task"]
     matched = rec["kd_kl"] / rec["kd_ab"]  # AB's ratio is per unit weight (measured at weight 1)
     pull, ref = _cfg("gaitkd_ab_pull"), _cfg("gaitkd")
     assert abs(pull.distill.ab.weight - matched) <= 0.0005, (pull.distill.ab.weight, matched)
