@@ -118,8 +118,8 @@ STUDY = Study(
     },
     comparisons=(("gaitkd", "kl"), ("gaitkd", "ab"), ("ab", "feature_mse"), ("kl", "global_kd"),
                  ("hetero", "ab"), ("two_teachers", "gaitkd"), ("two_teachers_ensemble", "two_teachers"),
-                 ("ab", "feature_mse_w1"), ("gaitkd_int8", "gaitkd"), ("gaitkd_ab_pull", "kl"),
-                 ("gaitkd_ab_pull", "gaitkd")),
+                 ("two_teachers_ensemble", "gaitkd"), ("ab", "feature_mse_w1"), ("feature_mse_w1", "feature_mse"),
+                 ("gaitkd_int8", "gaitkd"), ("gaitkd_ab_pull", "kl"), ("gaitkd_ab_pull", "gaitkd")),
 )
 
 
